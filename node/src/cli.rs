@@ -1,0 +1,318 @@
+//! The `discless` command line: argument definitions and one function per command.
+//!
+//! Exit codes scripts can rely on: 0 success, 1 partial success (e.g. some files rejected by an
+//! import, an audit that does not verify), 2 fatal error (wrong passphrase, unusable store, bad
+//! arguments). `--json` output goes to stdout and nothing else does; progress bars and logs go to
+//! stderr, and bars are hidden when stdout is not a terminal.
+
+mod output;
+pub mod secret;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::dicom::{export, import};
+use crate::home::{Home, ENV_HOME};
+use crate::keystore::{self, KeystoreError, Role};
+use crate::store::{Store, StoreError};
+
+/// Discless: medical images without the CD. An end-to-end encrypted DICOM store that clinics,
+/// patients' phones and doctors' workstations use to hand studies to each other.
+#[derive(Debug, Parser)]
+#[command(name = "discless", version, propagate_version = true)]
+pub struct Cli {
+    /// The node's data directory [default: the platform data dir, e.g. ~/.local/share/discless]
+    #[arg(long, global = true, env = ENV_HOME, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// More logging on stderr (-v info, -vv debug); DISCLESS_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a new node: identity, keys and an empty encrypted store.
+    ///
+    /// The passphrase comes from DISCLESS_PASSPHRASE or is asked twice on the terminal. Without
+    /// it, nothing in the home can be read.
+    Init {
+        /// The name peers see when pairing (e.g. "Riverside Clinic", "Dr Lee").
+        #[arg(long)]
+        name: Option<String>,
+        /// What this node is for.
+        #[arg(long, value_enum, default_value_t = Role::Patient)]
+        role: Role,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import DICOM files, folders (recursively), a CD's DICOMDIR, or ZIP archives.
+    ///
+    /// Every instance is kept byte for byte, encrypted. Files that are not DICOM or are broken are
+    /// listed with the reason and skipped. Exit 0: all imported; 1: some files rejected.
+    Import {
+        /// Files, folders, DICOMDIR files or .zip archives.
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Print one JSON object: imported, duplicates, rejected, studies.
+        #[arg(long)]
+        json: bool,
+        /// Parallel workers [default: number of CPUs, at most 4].
+        #[arg(long, hide = true)]
+        workers: Option<usize>,
+    },
+    /// List the studies in this node.
+    Studies {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one study: its series and instances.
+    Show {
+        /// A StudyInstanceUID or an unambiguous prefix of the short id shown by `studies`.
+        study: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a study's original files out, byte for byte.
+    Export {
+        /// A StudyInstanceUID or short id.
+        study: String,
+        /// Output folder (must be new or empty); with --zip, the .zip file to create.
+        out: PathBuf,
+        /// Write a single ZIP file instead of a folder.
+        #[arg(long)]
+        zip: bool,
+        /// Lay out as a CD (DICOM/S0001/I0001 + DICOMDIR) that any DICOM viewer can open.
+        #[arg(long)]
+        dicomdir: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the tamper-evident audit log.
+    Audit {
+        /// Check the hash chain; exit 1 when an entry was edited or deleted.
+        #[arg(long)]
+        verify: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show this node's identity and store summary.
+    Info {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure performance; prints JSON with ratios against references measured in the same run.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Import throughput and memory against raw XChaCha20-Poly1305 sealing.
+    Import {
+        /// Import this folder instead of a generated CT series.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Slices of the generated 512x512 CT series.
+        #[arg(long, default_value_t = 300)]
+        instances: u32,
+        /// Print JSON (the only output format; accepted for symmetry with other commands).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// How a command ended, as an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Partial,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::Partial => 1,
+        }
+    }
+}
+
+/// A command failed (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    #[error("no home directory: pass --home DIR or set {ENV_HOME}")]
+    NoHome,
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Import(#[from] import::ImportError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error(transparent)]
+    Passphrase(#[from] secret::PassphraseError),
+    #[error("{0}")]
+    Bench(String),
+    #[error("cannot write output: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::Output(e)
+    }
+}
+
+impl CliError {
+    /// Whether this is only stdout being closed early (`discless studies | head`): not a failure.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CliError::Output(e) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    }
+}
+
+fn home_of(cli_home: Option<&std::path::Path>) -> Result<Home, CliError> {
+    Home::resolve(cli_home).ok_or(CliError::NoHome)
+}
+
+/// Opens the store of a home, asking for the passphrase.
+pub fn open_store(home: &Home) -> Result<Store, CliError> {
+    if !home.exists() {
+        return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
+    }
+    let pass = secret::passphrase(false)?;
+    let keys = keystore::open(&home.keystore(), pass.as_bytes())?;
+    Ok(Store::open(home, keys)?)
+}
+
+fn show_progress(json: bool) -> bool {
+    !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<Outcome, CliError> {
+    let home = || home_of(cli.home.as_deref());
+    match cli.command {
+        Command::Init { name, role, json } => {
+            let home = home()?;
+            if home.exists() {
+                return Err(KeystoreError::Exists(home.root().to_path_buf()).into());
+            }
+            let pass = secret::passphrase(true)?;
+            let name = name.unwrap_or_else(default_name);
+            let keys = keystore::create(&home.keystore(), pass.as_bytes(), &name, role)?;
+            let peer = keys.peer_id().to_string();
+            let store = Store::open(&home, keys)?;
+            store
+                .audit()
+                .append("init", serde_json::json!({ "peer_id": peer, "role": role }))
+                .map_err(StoreError::from)?;
+            output::init(&home, &peer, &name, role, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Import {
+            paths,
+            json,
+            workers,
+        } => {
+            let store = open_store(&home()?)?;
+            let workers = workers.unwrap_or_else(default_workers);
+            let bar = output::Bar::new(show_progress(json), "importing");
+            let report = import::import(&store, &paths, workers, &|p| {
+                bar.set(p.done as u64, p.total as u64);
+            })?;
+            bar.finish();
+            output::import(&report, json)?;
+            Ok(if report.rejected.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::Partial
+            })
+        }
+        Command::Studies { json } => {
+            let store = open_store(&home()?)?;
+            output::studies(&store.studies()?, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Show { study, json } => {
+            let store = open_store(&home()?)?;
+            let s = store.resolve_study(&study)?;
+            let instances = store.instances(&s.study_instance_uid)?;
+            output::show(&s, &instances, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Export {
+            study,
+            out,
+            zip,
+            dicomdir,
+            json,
+        } => {
+            let store = open_store(&home()?)?;
+            let s = store.resolve_study(&study)?;
+            let bar = output::Bar::new(show_progress(json), "exporting");
+            let report = export::export(
+                &store,
+                &s,
+                &out,
+                export::Options { zip, dicomdir },
+                &|done, total| bar.set(done, total),
+            )?;
+            bar.finish();
+            output::export(&report, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Audit { verify, json } => {
+            let store = open_store(&home()?)?;
+            let verified = if verify {
+                Some(store.audit().verify().map_err(|e| e.to_string()))
+            } else {
+                None
+            };
+            // A log that does not authenticate cannot be listed either; report that instead.
+            let entries = store.audit().entries().unwrap_or_default();
+            output::audit(&entries, verified.as_ref(), json)?;
+            Ok(match verified {
+                Some(Err(_)) => Outcome::Partial,
+                _ => Outcome::Success,
+            })
+        }
+        Command::Info { json } => {
+            let home = home()?;
+            let store = open_store(&home)?;
+            output::info(&store, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Bench(BenchCommand::Import {
+            input,
+            instances,
+            json: _,
+        }) => {
+            let r = crate::bench::import(input.as_deref(), instances, default_workers())
+                .map_err(CliError::Bench)?;
+            output::json(&r)?;
+            Ok(Outcome::Success)
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(4)
+}
+
+fn default_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "Discless node".to_owned())
+}

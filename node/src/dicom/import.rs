@@ -1,0 +1,552 @@
+//! Import: files, folders, DICOMDIRs and ZIP archives into the store.
+//!
+//! 1. [`collect`] expands the inputs into a list of [`Source`]s: folders recursively, a DICOMDIR
+//!    into the files it references (as on a patient's CD), a ZIP into its entries (folders and a
+//!    DICOMDIR inside it are just more entries). Nothing is read beyond headers here.
+//! 2. Worker threads take sources one at a time: parse (one instance in memory at most, see
+//!    [`parse::IN_MEMORY_LIMIT`]), check for a duplicate, seal into a blob file. CPU-bound work
+//!    runs on plain threads, not on an async runtime.
+//! 3. The calling thread records each sealed instance as pending and, at the end, commits the
+//!    whole import in one atomic batch (see `store.rs` for why that is crash-safe).
+//!
+//! Bad inputs never stop the import: each is reported with its path and the reason, and the rest
+//! goes on. Only a failure of the store itself is fatal.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+
+use serde::Serialize;
+
+use super::dicomdir;
+use super::parse::{self, ParseError, Parsed};
+use crate::crypto::blob;
+use crate::store::{PendingInstance, Store, StoreError};
+
+/// A ZIP entry larger than this is refused: a patient CD image never holds a single instance this
+/// big, and the limit stops a ZIP bomb from filling the disk.
+const MAX_ZIP_ENTRY: u64 = 8 * 1024 * 1024 * 1024;
+
+/// One thing to import.
+#[derive(Debug, Clone)]
+pub enum Source {
+    File(PathBuf),
+    ZipEntry {
+        archive: PathBuf,
+        index: usize,
+        name: String,
+    },
+}
+
+impl Source {
+    /// How the user recognises it: a path, or `archive.zip!/inner/path`.
+    pub fn display(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::ZipEntry { archive, name, .. } => format!("{}!/{}", archive.display(), name),
+        }
+    }
+}
+
+/// A file that was not imported, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rejected {
+    pub path: String,
+    pub reason: String,
+}
+
+/// The outcome of an import; serialised as the `--json` output.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub imported: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<Rejected>,
+    pub studies: Vec<String>,
+    /// Instances taken over from an interrupted earlier import (already sealed).
+    pub resumed: u64,
+    /// Plaintext bytes of the instances imported.
+    pub bytes: u64,
+}
+
+/// Progress of an import, for a bar or a log line.
+#[derive(Debug, Clone, Copy)]
+pub struct Progress {
+    pub done: usize,
+    pub total: usize,
+    pub bytes: u64,
+}
+
+/// A fatal import error: the store itself failed. Input problems are [`Rejected`] instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing to the store failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("an import worker stopped unexpectedly")]
+    Worker,
+}
+
+/// Expands inputs into sources; inputs that cannot be read are rejected right away.
+pub fn collect(inputs: &[PathBuf]) -> (Vec<Source>, Vec<Rejected>) {
+    let mut out = Vec::new();
+    let mut rejected = Vec::new();
+    let mut seen = HashSet::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = Vec::new();
+            for entry in walkdir::WalkDir::new(input).sort_by_file_name() {
+                match entry {
+                    Ok(e) if e.file_type().is_file() => files.push(e.into_path()),
+                    Ok(_) => {}
+                    Err(e) => rejected.push(Rejected {
+                        path: e
+                            .path()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_else(|| input.display().to_string()),
+                        reason: format!("cannot read: {e}"),
+                    }),
+                }
+            }
+            for f in files {
+                add_file(&f, false, &mut out, &mut rejected, &mut seen);
+            }
+        } else if input.exists() {
+            add_file(input, true, &mut out, &mut rejected, &mut seen);
+        } else {
+            rejected.push(Rejected {
+                path: input.display().to_string(),
+                reason: "no such file or directory".into(),
+            });
+        }
+    }
+    (out, rejected)
+}
+
+fn is_zip(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    let by_magic = File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map(|()| &magic == b"PK\x03\x04" || &magic == b"PK\x05\x06")
+        .unwrap_or(false);
+    by_magic
+}
+
+fn is_dicomdir_name(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.eq_ignore_ascii_case("DICOMDIR"))
+}
+
+fn add_file(
+    path: &Path,
+    explicit: bool,
+    out: &mut Vec<Source>,
+    rejected: &mut Vec<Rejected>,
+    seen: &mut HashSet<PathBuf>,
+) {
+    let canon = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    if !seen.insert(canon) {
+        return;
+    }
+    if is_zip(path) {
+        match File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|f| zip::ZipArchive::new(f).map_err(|e| e.to_string()))
+        {
+            Ok(mut z) => {
+                for index in 0..z.len() {
+                    match z.by_index_raw(index) {
+                        Ok(e) if e.is_dir() => {}
+                        Ok(e) => out.push(Source::ZipEntry {
+                            archive: path.to_path_buf(),
+                            index,
+                            name: e.name().to_owned(),
+                        }),
+                        Err(e) => rejected.push(Rejected {
+                            path: format!("{}!/#{index}", path.display()),
+                            reason: format!("unreadable ZIP entry: {e}"),
+                        }),
+                    }
+                }
+            }
+            Err(e) => rejected.push(Rejected {
+                path: path.display().to_string(),
+                reason: format!("broken ZIP archive: {e}"),
+            }),
+        }
+        return;
+    }
+    // A DICOMDIR named on the command line is followed to the files it lists (a CD's other
+    // files, viewers and autorun, are left alone); met inside a folder, the folder's own files
+    // are imported anyway and the DICOMDIR itself is skipped as an index.
+    if explicit && is_dicomdir_name(path) {
+        match dicomdir::referenced_files(path) {
+            Ok(files) => {
+                for f in files {
+                    if f.is_file() {
+                        add_file(&f, false, out, rejected, seen);
+                    } else {
+                        rejected.push(Rejected {
+                            path: f.display().to_string(),
+                            reason: format!("listed in {} but missing on disk", path.display()),
+                        });
+                    }
+                }
+            }
+            Err(e) => rejected.push(Rejected {
+                path: path.display().to_string(),
+                reason: format!("unreadable DICOMDIR: {e}"),
+            }),
+        }
+        return;
+    }
+    out.push(Source::File(path.to_path_buf()));
+}
+
+/// What a worker made of one source.
+enum Outcome {
+    Sealed {
+        pending: PendingInstance,
+        shard: Option<PathBuf>,
+        resumed: bool,
+        display: String,
+    },
+    Duplicate,
+    Skipped,
+    Rejected(Rejected),
+    Fatal(ImportError),
+}
+
+/// Imports `inputs` into `store`, calling `progress` after each source.
+pub fn import(
+    store: &Store,
+    inputs: &[PathBuf],
+    workers: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, ImportError> {
+    let (sources, early_rejects) = collect(inputs);
+    run(store, &sources, early_rejects, workers, progress)
+}
+
+/// Imports already collected sources.
+pub fn run(
+    store: &Store,
+    sources: &[Source],
+    early_rejects: Vec<Rejected>,
+    workers: usize,
+    progress: &(dyn Fn(Progress) + Sync),
+) -> Result<Report, ImportError> {
+    let mut report = Report {
+        rejected: early_rejects,
+        ..Report::default()
+    };
+    let total = sources.len();
+    let next = AtomicUsize::new(0);
+    let workers = workers.clamp(1, 16).min(total.max(1));
+    let (tx, rx) = mpsc::sync_channel::<Outcome>(workers * 2);
+    let mut sops: Vec<String> = Vec::new();
+    let mut dirs: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut by_sop: HashMap<String, (String, String)> = HashMap::new(); // sop -> (hash, blob)
+    let mut fatal: Option<ImportError> = None;
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let next = &next;
+            scope.spawn(move || {
+                let mut zips: HashMap<PathBuf, zip::ZipArchive<File>> = HashMap::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(src) = sources.get(i) else { break };
+                    let outcome = process(store, src, &mut zips);
+                    if tx.send(outcome).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let mut done = 0;
+        for outcome in rx {
+            done += 1;
+            match outcome {
+                Outcome::Sealed {
+                    pending,
+                    shard,
+                    resumed,
+                    display,
+                } => {
+                    let sop = pending.instance.sop_instance_uid.clone();
+                    if let Some((hash, blob)) = by_sop.get(&sop) {
+                        // The same instance twice in one import (e.g. a folder and a ZIP of it).
+                        if *blob != pending.instance.blob_id {
+                            let _ = store.blobs().remove(&pending.instance.blob_id);
+                        }
+                        if *hash == pending.instance.plaintext_hash {
+                            report.duplicates += 1;
+                        } else {
+                            report.rejected.push(Rejected {
+                                path: display,
+                                reason: format!("SOPInstanceUID {sop} appears twice in this import with different content; the first one was kept"),
+                            });
+                        }
+                    } else {
+                        if let Err(e) = store.put_pending(&pending) {
+                            fatal.get_or_insert(e.into());
+                            continue;
+                        }
+                        by_sop.insert(
+                            sop.clone(),
+                            (
+                                pending.instance.plaintext_hash.clone(),
+                                pending.instance.blob_id.clone(),
+                            ),
+                        );
+                        if let Some(d) = shard {
+                            dirs.insert(d);
+                        }
+                        report.resumed += u64::from(resumed);
+                        report.bytes += pending.instance.size;
+                        sops.push(sop);
+                    }
+                }
+                Outcome::Duplicate => report.duplicates += 1,
+                Outcome::Skipped => {}
+                Outcome::Rejected(r) => report.rejected.push(r),
+                Outcome::Fatal(e) => {
+                    fatal.get_or_insert(e);
+                }
+            }
+            progress(Progress {
+                done,
+                total,
+                bytes: report.bytes,
+            });
+        }
+    });
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    let summary = store.commit(&sops, &dirs)?;
+    report.imported = summary.instances;
+    report.duplicates += summary.duplicates;
+    report.studies = summary.studies;
+    if report.imported > 0 || !report.rejected.is_empty() {
+        store
+            .audit()
+            .append(
+                "import",
+                serde_json::json!({
+                    "studies": report.studies,
+                    "instances": report.imported,
+                    "duplicates": report.duplicates,
+                    "rejected": report.rejected.len(),
+                    "bytes": report.bytes,
+                }),
+            )
+            .map_err(StoreError::from)?;
+    }
+    Ok(report)
+}
+
+/// The bytes of a source, either in memory or as a file to stream.
+enum Body {
+    Memory(Vec<u8>),
+    /// A file to stream; the temporary path (an extracted ZIP entry) is deleted on drop.
+    File(PathBuf, #[allow(dead_code)] Option<tempfile::TempPath>),
+}
+
+fn process(
+    store: &Store,
+    src: &Source,
+    zips: &mut HashMap<PathBuf, zip::ZipArchive<File>>,
+) -> Outcome {
+    let display = src.display();
+    let reject = |reason: String| {
+        Outcome::Rejected(Rejected {
+            path: display.clone(),
+            reason,
+        })
+    };
+    let body = match load(store, src, zips) {
+        Ok(b) => b,
+        Err(reason) => return reject(reason),
+    };
+    let (parsed, size) = match &body {
+        Body::Memory(bytes) => (parse::parse_bytes(bytes), bytes.len() as u64),
+        Body::File(p, _) => {
+            let size = std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+            (parse::parse_header(p, size), size)
+        }
+    };
+    let Parsed {
+        mut instance,
+        study,
+    } = match parsed {
+        Ok(p) => p,
+        Err(ParseError::Dicomdir) => return Outcome::Skipped,
+        Err(e) => return reject(e.to_string()),
+    };
+    let plain_hash = || -> io::Result<String> {
+        Ok(match &body {
+            Body::Memory(b) => blake3::hash(b).to_hex().to_string(),
+            Body::File(p, _) => {
+                let mut h = blake3::Hasher::new();
+                h.update_reader(File::open(p)?)?;
+                h.finalize().to_hex().to_string()
+            }
+        })
+    };
+    // Already stored? Then this is a duplicate, or a conflicting instance we refuse to replace.
+    match store.instance(&instance.sop_instance_uid) {
+        Ok(Some(existing)) => {
+            return match plain_hash() {
+                Ok(h) if h == existing.plaintext_hash => Outcome::Duplicate,
+                Ok(_) => reject(format!(
+                    "another instance with SOPInstanceUID {} is already stored with different content; it was not replaced",
+                    instance.sop_instance_uid
+                )),
+                Err(e) => reject(format!("cannot read: {e}")),
+            };
+        }
+        Ok(None) => {}
+        Err(e) => return Outcome::Fatal(e.into()),
+    }
+    // Sealed by an interrupted earlier import? Reuse it.
+    match store.pending(&instance.sop_instance_uid) {
+        Ok(Some(p)) if p.instance.size == size && store.blobs().exists(&p.instance.blob_id) => {
+            if let Ok(h) = plain_hash() {
+                if h == p.instance.plaintext_hash {
+                    return Outcome::Sealed {
+                        pending: p,
+                        shard: None,
+                        resumed: true,
+                        display,
+                    };
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => return Outcome::Fatal(e.into()),
+    }
+    let key = match store.study_key(&instance.study_instance_uid, true) {
+        Ok(Some(k)) => k,
+        Ok(None) => return Outcome::Fatal(ImportError::Worker),
+        Err(e) => return Outcome::Fatal(e.into()),
+    };
+    let ctx = blob::Context {
+        study_uid: &instance.study_instance_uid,
+        sop_instance_uid: &instance.sop_instance_uid,
+    };
+    let mut sealed = None;
+    let written = store.blobs().write(|w| -> Result<String, SealFailure> {
+        let s = match &body {
+            Body::Memory(b) => blob::seal(&key, ctx, size, &b[..], w)?,
+            Body::File(p, _) => blob::seal(&key, ctx, size, io::BufReader::new(File::open(p)?), w)?,
+        };
+        let id = s.blob_id.to_hex().to_string();
+        sealed = Some(s);
+        Ok(id)
+    });
+    let (id, shard) = match written {
+        Ok(x) => x,
+        Err(SealFailure::Source(e)) => {
+            return reject(format!("changed or unreadable while importing: {e}"))
+        }
+        Err(SealFailure::Io(e)) => return Outcome::Fatal(e.into()),
+    };
+    let Some(sealed) = sealed else {
+        return Outcome::Fatal(ImportError::Worker);
+    };
+    instance.blob_id = id;
+    instance.plaintext_hash = sealed.plaintext_hash.to_hex().to_string();
+    instance.imported_unix = crate::store::records::now_unix_secs();
+    Outcome::Sealed {
+        pending: PendingInstance { instance, study },
+        shard: Some(shard),
+        resumed: false,
+        display,
+    }
+}
+
+/// Sealing failed: because of the input (reject it) or the store's disk (fatal).
+#[derive(Debug)]
+enum SealFailure {
+    Source(blob::BlobError),
+    Io(io::Error),
+}
+
+impl From<io::Error> for SealFailure {
+    fn from(e: io::Error) -> Self {
+        SealFailure::Io(e)
+    }
+}
+
+impl From<blob::BlobError> for SealFailure {
+    fn from(e: blob::BlobError) -> Self {
+        match e {
+            blob::BlobError::Io(e) => SealFailure::Io(e),
+            other => SealFailure::Source(other),
+        }
+    }
+}
+
+/// Reads a source into memory, or points at a file to stream (extracting ZIP entries first).
+fn load(
+    store: &Store,
+    src: &Source,
+    zips: &mut HashMap<PathBuf, zip::ZipArchive<File>>,
+) -> Result<Body, String> {
+    match src {
+        Source::File(p) => {
+            let size = std::fs::metadata(p)
+                .map_err(|e| format!("cannot read: {e}"))?
+                .len();
+            if size <= parse::IN_MEMORY_LIMIT {
+                std::fs::read(p)
+                    .map(Body::Memory)
+                    .map_err(|e| format!("cannot read: {e}"))
+            } else {
+                Ok(Body::File(p.clone(), None))
+            }
+        }
+        Source::ZipEntry { archive, index, .. } => {
+            if !zips.contains_key(archive) {
+                let z = File::open(archive)
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| zip::ZipArchive::new(f).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("broken ZIP archive: {e}"))?;
+                zips.insert(archive.clone(), z);
+            }
+            let z = zips
+                .get_mut(archive)
+                .ok_or_else(|| "ZIP archive vanished".to_string())?;
+            let mut entry = z
+                .by_index(*index)
+                .map_err(|e| format!("unreadable ZIP entry: {e}"))?;
+            let size = entry.size();
+            if size > MAX_ZIP_ENTRY {
+                return Err(format!(
+                    "ZIP entry of {size} bytes is larger than the {MAX_ZIP_ENTRY}-byte limit"
+                ));
+            }
+            let mut limited = (&mut entry).take(MAX_ZIP_ENTRY + 1);
+            if size <= parse::IN_MEMORY_LIMIT {
+                let mut v = Vec::with_capacity(size as usize);
+                limited
+                    .read_to_end(&mut v)
+                    .map_err(|e| format!("broken ZIP entry: {e}"))?;
+                Ok(Body::Memory(v))
+            } else {
+                let tmp = store.blobs().temp().map_err(|e| e.to_string())?;
+                let (mut f, path) = tmp.into_parts();
+                io::copy(&mut limited, &mut f).map_err(|e| format!("broken ZIP entry: {e}"))?;
+                Ok(Body::File(path.to_path_buf(), Some(path)))
+            }
+        }
+    }
+}

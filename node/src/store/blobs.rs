@@ -1,0 +1,96 @@
+//! Sealed blobs as plain files, named by their BLAKE3 id, beside the sled index.
+//!
+//! Why files and not sled values: measured on this machine kind, sled 0.34 with 1 MiB values
+//! wrote ~270 MB/s using 2.5x the disk and ~1 GB of RSS per GB written, while plain files with
+//! fsync wrote ~0.9 GB/s at 1.0x disk and a few MB of RSS (see the store issue's note for our own
+//! figures). Files also stream to peers with `sendfile`-like ease and need no compaction.
+//!
+//! A blob is written to `tmp/`, fsynced, then renamed into `blobs/ab/<id>`: a crash leaves either
+//! no blob or a whole one, never a torn one under its final name. The index refers to a blob only
+//! after that rename (see `store.rs` for the commit order).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// The blob directory of a store.
+#[derive(Debug, Clone)]
+pub struct Blobs {
+    dir: PathBuf,
+    tmp: PathBuf,
+}
+
+impl Blobs {
+    pub fn new(dir: PathBuf, tmp: PathBuf) -> Self {
+        Self { dir, tmp }
+    }
+
+    /// Where the blob with hex id `id` lives.
+    pub fn path(&self, id: &str) -> PathBuf {
+        let shard = id.get(..2).unwrap_or("xx");
+        self.dir.join(shard).join(id)
+    }
+
+    pub fn exists(&self, id: &str) -> bool {
+        self.path(id).is_file()
+    }
+
+    pub fn open(&self, id: &str) -> io::Result<File> {
+        File::open(self.path(id))
+    }
+
+    /// A fresh temporary file for a blob being written.
+    pub fn temp(&self) -> io::Result<tempfile::NamedTempFile> {
+        fs::create_dir_all(&self.tmp)?;
+        tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&self.tmp)
+    }
+
+    /// Writes a blob through `write`, which returns its id; the file is fsynced and moved into
+    /// place under that id. Returns the id and the shard directory (to fsync before a commit).
+    pub fn write<E: From<io::Error>>(
+        &self,
+        write: impl FnOnce(&mut BufWriter<&File>) -> Result<String, E>,
+    ) -> Result<(String, PathBuf), E> {
+        let tmp = self.temp()?;
+        let id = {
+            let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+            let id = write(&mut w)?;
+            w.flush()?;
+            id
+        };
+        tmp.as_file().sync_all()?;
+        let dest = self.path(&id);
+        let shard = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+        fs::create_dir_all(&shard)?;
+        tmp.persist(&dest).map_err(|e| e.error)?;
+        Ok((id, shard))
+    }
+
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Empties `tmp/`: whatever is there belongs to a process that died mid-write.
+    pub fn clear_tmp(&self) -> io::Result<()> {
+        if let Ok(rd) = fs::read_dir(&self.tmp) {
+            for e in rd.flatten() {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        fs::create_dir_all(&self.tmp)
+    }
+}
+
+/// Fsyncs directories so that renames into them survive a power cut.
+pub fn sync_dirs(dirs: &BTreeSet<PathBuf>) -> io::Result<()> {
+    for d in dirs {
+        File::open(d)?.sync_all()?;
+    }
+    Ok(())
+}
