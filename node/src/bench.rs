@@ -1,7 +1,154 @@
-pub fn import(
-    _i: Option<&std::path::Path>,
-    _n: u32,
-    _w: usize,
-) -> Result<serde_json::Value, String> {
-    Err("todo".into())
+//! `discless bench`: measurements printed as JSON, each with a reference measured in the same
+//! run, because these machines are shared and noisy and only ratios travel well.
+//!
+//! `bench import` imports a generated 512x512 CT series (or a given folder) into a fresh
+//! temporary home and compares import throughput with raw XChaCha20-Poly1305 sealing of the same
+//! number of bytes on one core (the floor cost of encrypting at all). Peak RSS is the process's
+//! high-water mark, reset (`/proc/self/clear_refs`) after the fixtures are generated and the
+//! keystore is created, so it counts the import alone.
+
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::crypto::{blob, SecretKey};
+use crate::dicom::import;
+use crate::home::Home;
+use crate::keystore::{self, Role};
+use crate::store::Store;
+
+/// Targets from the store issue: import at ≥ 40% of raw sealing, RSS under 200 MB.
+const TARGET_RATIO: f64 = 0.4;
+const TARGET_RSS_MB: f64 = 200.0;
+
+#[derive(Debug, Serialize)]
+pub struct ImportBench {
+    pub bench: &'static str,
+    pub input: String,
+    pub instances: u64,
+    pub bytes: u64,
+    pub workers: usize,
+    pub seconds: f64,
+    pub instances_per_s: f64,
+    pub import_mb_per_s: f64,
+    pub raw_seal_mb_per_s: f64,
+    pub ratio_to_raw_seal: f64,
+    /// Writing the same number of bytes as plain files (1 MiB each) and syncing them: the disk.
+    pub plain_write_sync_mb_per_s: f64,
+    pub ratio_to_plain_write_sync: f64,
+    pub peak_rss_mb: Option<f64>,
+    pub target_ratio: f64,
+    pub target_rss_mb: f64,
+    pub meets_targets: bool,
+}
+
+fn mb(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs.max(1e-9)
+}
+
+/// Peak resident set size of this process, in MB, from `/proc/self/status` (Linux).
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0 / 1e6)
+}
+
+/// Resets the peak RSS counter so the next measurement counts only what follows.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Raw XChaCha20-Poly1305 throughput (MB/s) on one core, sealing 1 MiB chunks in place over at
+/// least `bytes` bytes: the AEAD alone, no hashing, no I/O.
+pub fn raw_seal_mb_per_s(bytes: u64) -> f64 {
+    use chacha20poly1305::aead::{AeadCore, AeadInPlace, OsRng};
+    let cipher = SecretKey::generate().cipher();
+    let mut buf: Vec<u8> = Vec::with_capacity(blob::CHUNK_SIZE as usize + 16);
+    let want = bytes.max(64 << 20);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while done < want {
+        buf.clear();
+        buf.resize(blob::CHUNK_SIZE as usize, (done & 0xff) as u8);
+        let nonce = chacha20poly1305::XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let _ = cipher.encrypt_in_place(&nonce, b"bench", &mut buf);
+        done += u64::from(blob::CHUNK_SIZE);
+    }
+    mb(done, start.elapsed().as_secs_f64())
+}
+
+/// Plain-file write throughput (MB/s): `bytes` written as 1 MiB files in `dir`, then synced.
+pub fn plain_write_sync_mb_per_s(dir: &Path, bytes: u64) -> Result<f64, String> {
+    use std::io::Write;
+    let err = |e: std::io::Error| format!("plain write reference: {e}");
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let chunk: Vec<u8> = (0..1usize << 20).map(|i| (i * 13) as u8).collect();
+    let start = Instant::now();
+    let mut done = 0u64;
+    let mut n = 0;
+    while done < bytes {
+        let mut f = std::fs::File::create(dir.join(format!("{n}.bin"))).map_err(err)?;
+        f.write_all(&chunk).map_err(err)?;
+        done += chunk.len() as u64;
+        n += 1;
+    }
+    #[cfg(target_os = "linux")]
+    rustix::fs::syncfs(std::fs::File::open(dir).map_err(err)?).map_err(|e| err(e.into()))?;
+    Ok(mb(done, start.elapsed().as_secs_f64()))
+}
+
+/// Runs the import benchmark.
+pub fn import(input: Option<&Path>, slices: u32, workers: usize) -> Result<ImportBench, String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let (src, label) = match input {
+        Some(p) => (p.to_path_buf(), p.display().to_string()),
+        None => {
+            let dir = scratch.path().join("input");
+            let study = discless_fixtures::StudySpec::default();
+            let series =
+                discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
+            discless_fixtures::ct_series(&dir, &study, &series, slices, 512, 512)
+                .map_err(|e| format!("generating the CT series: {e}"))?;
+            (dir, format!("generated CT, {slices} slices of 512x512"))
+        }
+    };
+    let home = Home::new(scratch.path().join("home"));
+    let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", Role::Clinic)
+        .map_err(|e| e.to_string())?;
+    let store = Store::open(&home, keys).map_err(|e| e.to_string())?;
+    reset_peak_rss();
+    let start = Instant::now();
+    let report = import::import(&store, &[src], workers, &|_| {}).map_err(|e| e.to_string())?;
+    let seconds = start.elapsed().as_secs_f64();
+    let peak = peak_rss_mb();
+    if !report.rejected.is_empty() {
+        return Err(format!(
+            "{} input files were rejected",
+            report.rejected.len()
+        ));
+    }
+    let raw = raw_seal_mb_per_s(report.bytes);
+    let plain = plain_write_sync_mb_per_s(&scratch.path().join("plain"), report.bytes)?;
+    let import_mbs = mb(report.bytes, seconds);
+    let ratio = import_mbs / raw;
+    Ok(ImportBench {
+        bench: "import",
+        input: label,
+        instances: report.imported,
+        bytes: report.bytes,
+        workers,
+        seconds,
+        instances_per_s: report.imported as f64 / seconds.max(1e-9),
+        import_mb_per_s: import_mbs,
+        raw_seal_mb_per_s: raw,
+        ratio_to_raw_seal: ratio,
+        plain_write_sync_mb_per_s: plain,
+        ratio_to_plain_write_sync: import_mbs / plain,
+        peak_rss_mb: peak,
+        target_ratio: TARGET_RATIO,
+        target_rss_mb: TARGET_RSS_MB,
+        meets_targets: ratio >= TARGET_RATIO && peak.is_some_and(|p| p < TARGET_RSS_MB),
+    })
 }

@@ -15,9 +15,9 @@
 //! m/ name                -> sealed store metadata (audit head)
 //! ```
 //!
-//! Crash safety, the order of writes: blob file fsynced and renamed into place, then its `q/`
-//! record; at the end of an import one batch turns every `q/` of that import into `i/` + `x/` and
-//! updates the `s/` summaries, then sled is flushed. A kill at any point leaves each study either
+//! Crash safety, the order of writes: blob file renamed into place, then its `q/` record; at the
+//! end of an import one batch turns every `q/` of that import into `i/` + `x/` and
+//! updates the `s/` summaries, after one `syncfs` made the blobs durable, then sled is flushed. A kill at any point leaves each study either
 //! as it was or with the whole import; `q/` records left behind make a re-run cheap (the sealed
 //! blob is reused) and are never shown.
 
@@ -280,13 +280,13 @@ impl Store {
     }
 
     /// Makes the pending instances with these SOP Instance UIDs visible, in one atomic batch,
-    /// after fsyncing the blob directories they were renamed into.
+    /// after making their blobs durable.
     pub fn commit(
         &self,
         sop_uids: &[String],
         blob_dirs: &BTreeSet<PathBuf>,
     ) -> Result<CommitSummary, StoreError> {
-        blobs::sync_dirs(blob_dirs)?;
+        self.inner.blobs.sync(blob_dirs)?;
         let _g = self
             .inner
             .write_lock

@@ -1,1 +1,201 @@
+//! Harness for Discless end-to-end tests: real binaries, real files, temp homes, no network.
+//!
+//! * [`bin`] finds (or builds once) the `discless` binary of this workspace;
+//! * [`Node`] is one node home with its passphrase, driving the binary;
+//! * [`require_tool`] finds a third-party program, skipping a test with a notice when it is
+//!   missing, except under `CI=true`, where a missing tool fails the test (the test command
+//!   installs them);
+//! * [`corpus`] is `../shared/corpus` when present.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use anyhow::{bail, Context, Result};
+
+/// The workspace root (this crate lives in `<root>/tests`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// The `discless` binary next to the running test executable (target/<profile>/discless),
+/// built on first use if it is not there yet.
+pub fn bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap_or_default();
+        // target/<profile>/deps/<test> → target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let candidate = profile_dir.join("discless");
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(workspace_root())
+            .args(["build", "-q", "-p", "discless", "--bin", "discless"]);
+        if release {
+            cmd.arg("--release");
+        }
+        // Always ask cargo: it is a no-op when the binary is fresh, and it keeps a stale
+        // binary from being tested after a library change.
+        let status = cmd
+            .status()
+            .expect("running cargo build for the discless binary");
+        assert!(status.success(), "building the discless binary failed");
+        assert!(candidate.is_file(), "no binary at {}", candidate.display());
+        candidate
+    })
+    .clone()
+}
+
+/// `../shared/corpus` (or `DISCLESS_CORPUS`) when it exists.
+pub fn corpus() -> Option<PathBuf> {
+    let p = std::env::var_os("DISCLESS_CORPUS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/corpus"));
+    p.is_dir().then_some(p)
+}
+
+/// A third-party tool at `path`: `Some` when present; `None` (with a notice) when absent
+/// outside CI; a panic when absent under `CI=true`.
+pub fn require_tool(path: &str) -> Option<PathBuf> {
+    let p = PathBuf::from(path);
+    if p.is_file() {
+        return Some(p);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{path} is required under CI=true; the test command installs it (see README)");
+    }
+    eprintln!("SKIPPED: {path} is not installed (run the README's test command to install it)");
+    None
+}
+
+/// One node: a temporary home and its passphrase.
+#[derive(Debug)]
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub passphrase: String,
+}
+
+impl Node {
+    /// A fresh, initialised node.
+    pub fn init(role: &str) -> Result<Self> {
+        let n = Self::uninitialised()?;
+        let out = n.run(&["init", "--name", &format!("test {role}"), "--role", role])?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(n)
+    }
+
+    /// A node directory with no keystore yet.
+    pub fn uninitialised() -> Result<Self> {
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+            passphrase: "correct horse battery staple".into(),
+        })
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// A `discless` command for this node (home and passphrase in the environment).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .env("DISCLESS_HOME", self.home())
+            .env("DISCLESS_PASSPHRASE", &self.passphrase)
+            .env_remove("DISCLESS_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Result<Output> {
+        self.cmd(args)
+            .output()
+            .with_context(|| format!("running discless {args:?}"))
+    }
+
+    /// Runs a command that must succeed (exit 0) and returns its stdout parsed as JSON.
+    pub fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.run(args)?;
+        if !out.status.success() {
+            bail!(
+                "discless {args:?} exited {:?}: {}",
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "stdout of {args:?} is not JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Imports paths with `--json`, returning (exit code, report).
+    pub fn import(&self, paths: &[&Path]) -> Result<(i32, serde_json::Value)> {
+        let mut args: Vec<String> = vec!["import".into(), "--json".into()];
+        args.extend(paths.iter().map(|p| p.display().to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.run(&refs)?;
+        let v = serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "import output is not JSON; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        Ok((out.status.code().unwrap_or(-1), v))
+    }
+
+    /// `studies --json`.
+    pub fn studies(&self) -> Result<Vec<serde_json::Value>> {
+        match self.json(&["studies", "--json"])? {
+            serde_json::Value::Array(a) => Ok(a),
+            other => bail!("studies --json gave {other}"),
+        }
+    }
+}
+
+/// BLAKE3 of every file under `dir` (recursively), as a multiset: hash → count.
+pub fn content_hashes(dir: &Path) -> Result<BTreeMap<String, usize>> {
+    let mut m = BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e?;
+        if e.file_type().is_file() {
+            let h = blake3::hash(&std::fs::read(e.path())?).to_hex().to_string();
+            *m.entry(h).or_insert(0) += 1;
+        }
+    }
+    Ok(m)
+}
+
+/// Hashes of the DICOM files under `dir` (files with "DICM" at 128 that are not DICOMDIRs),
+/// as a set: the expected content of an exported store.
+pub fn dicom_hashes(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
+    let mut s = std::collections::BTreeSet::new();
+    for e in walkdir::WalkDir::new(dir) {
+        let e = e?;
+        if !e.file_type().is_file() || e.file_name().eq_ignore_ascii_case("DICOMDIR") {
+            continue;
+        }
+        let bytes = std::fs::read(e.path())?;
+        if bytes.get(128..132) == Some(b"DICM") {
+            s.insert(blake3::hash(&bytes).to_hex().to_string());
+        }
+    }
+    Ok(s)
+}
+
+/// Whether `needle` occurs anywhere in the file.
+pub fn file_contains(path: &Path, needle: &[u8]) -> Result<bool> {
+    let bytes = std::fs::read(path)?;
+    Ok(!needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle))
+}
