@@ -105,6 +105,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the demo: a synthetic CT and radiograph through import, CD export and re-import,
+    /// checked byte for byte.
+    Demo {
+        /// CT slices to generate.
+        #[arg(long, default_value_t = 60)]
+        slices: u32,
+        /// Keep the demo's homes and files in this folder instead of a temporary one.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Run without pausing and exit non-zero unless every step worked (used by the tests).
+        #[arg(long)]
+        check: bool,
+    },
     /// Measure performance; prints JSON with ratios against references measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -160,6 +173,8 @@ pub enum CliError {
     Passphrase(#[from] secret::PassphraseError),
     #[error("{0}")]
     Bench(String),
+    #[error(transparent)]
+    Demo(#[from] crate::demo::DemoError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
 }
@@ -287,6 +302,14 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             let home = home()?;
             let store = open_store(&home)?;
             output::info(&store, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Demo {
+            slices,
+            keep,
+            check: _,
+        } => {
+            crate::demo::run(slices, keep.as_deref())?;
             Ok(Outcome::Success)
         }
         Command::Bench(BenchCommand::Import {

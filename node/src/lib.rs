@@ -21,6 +21,7 @@
 pub mod bench;
 pub mod cli;
 pub mod crypto;
+pub mod demo;
 pub mod dicom;
 pub mod home;
 pub mod keystore;

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every Discless test: formatting, lints, unit and end-to-end tests, and the demo check.
+# Installs what the tests need when it is missing (Debian packages; cargo-nextest), so that a
+# fresh machine and CI behave alike. Under CI=true no test may skip for a missing tool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# Third-party programs the end-to-end tests drive.
+apt_missing=()
+[ -x /usr/bin/dcmdump ] || apt_missing+=(dcmtk)
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  echo "installing: ${apt_missing[*]}"
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo build --workspace --bins
+cargo nextest run --workspace --no-fail-fast
+cargo test --workspace --doc
+./target/debug/discless demo --check
