@@ -12,4 +12,5 @@
 pub mod dicomdir;
 pub mod export;
 pub mod import;
+pub mod json;
 pub mod parse;

@@ -11,6 +11,7 @@
 //! i/ H(study) H(sop)     -> sealed InstanceRecord          (visible instances)
 //! x/ H(sop)              -> H(study)                       (dedupe lookup, hashes only)
 //! q/ H(sop)              -> sealed PendingInstance         (sealed, durable, not yet visible)
+//! j/ H(study) H(sop)     -> sealed DICOM JSON of the instance (WADO-RS metadata)
 //! a/ seq (u64 BE)        -> sealed audit entry
 //! m/ name                -> sealed store metadata (audit head)
 //! ```
@@ -31,7 +32,9 @@ use std::sync::{Arc, Mutex};
 
 pub use audit::{Audit, AuditEntry, AuditError};
 pub use blobs::Blobs;
-pub use records::{InstanceRecord, PendingInstance, SeriesSummary, StudyAttributes, StudyRecord};
+pub use records::{
+    ImageAttributes, InstanceRecord, PendingInstance, SeriesSummary, StudyAttributes, StudyRecord,
+};
 
 use crate::crypto::{open_record, seal_record, SealError, SecretKey};
 use crate::home::Home;
@@ -198,6 +201,33 @@ impl Store {
         })
     }
 
+    fn seal_bytes(&self, slot: &[u8], plain: &[u8]) -> Result<Vec<u8>, StoreError> {
+        seal_record(&self.inner.keys.storage, slot, plain).map_err(|source| StoreError::Record {
+            slot: slot_name(slot),
+            source,
+        })
+    }
+
+    /// The stored DICOM JSON of an instance (with the bulk-data placeholder prefix).
+    pub fn metadata(&self, study_uid: &str, sop_uid: &str) -> Result<Option<String>, StoreError> {
+        let slot = Self::slot(b"j/", &[&self.h(study_uid), &self.h(sop_uid)]);
+        let Some(v) = self.inner.index.get(&slot)? else {
+            return Ok(None);
+        };
+        let plain = open_record(&self.inner.keys.storage, &slot, &v).map_err(|source| {
+            StoreError::Record {
+                slot: slot_name(&slot),
+                source,
+            }
+        })?;
+        String::from_utf8(plain)
+            .map(Some)
+            .map_err(|e| StoreError::Malformed {
+                slot: slot_name(&slot),
+                reason: e.to_string(),
+            })
+    }
+
     fn open_value<T: serde::de::DeserializeOwned>(
         &self,
         slot: &[u8],
@@ -327,6 +357,8 @@ impl Store {
             study.updated_unix = now;
             let islot = Self::slot(b"i/", &[&hstudy, &hs]);
             batch.insert(islot.clone(), self.seal(&islot, &p.instance)?);
+            let jslot = Self::slot(b"j/", &[&hstudy, &hs]);
+            batch.insert(jslot.clone(), self.seal_bytes(&jslot, p.metadata.as_bytes())?);
             batch.insert(Self::slot(b"x/", &[&hs]), &hstudy[..]);
             summary.instances += 1;
         }
@@ -434,4 +466,23 @@ fn decode_key(slot: &[u8], hexkey: &str) -> Result<SecretKey, StoreError> {
             reason: "study key has the wrong length".into(),
         })?;
     Ok(SecretKey::from_bytes(arr))
+}
+
+/// Viewing order: series by number, then instances by Instance Number, then by position along
+/// the slice axis (z), then by UID so the order is total and stable.
+pub fn sort_for_viewing(v: &mut [InstanceRecord]) {
+    let z = |i: &InstanceRecord| {
+        i.image
+            .image_position_patient
+            .as_ref()
+            .and_then(|p| p.get(2).copied())
+            .or(i.image.slice_location)
+            .unwrap_or(0.0)
+    };
+    v.sort_by(|a, b| {
+        (a.series_number, &a.series_instance_uid, a.instance_number)
+            .cmp(&(b.series_number, &b.series_instance_uid, b.instance_number))
+            .then(z(b).total_cmp(&z(a)))
+            .then(a.sop_instance_uid.cmp(&b.sop_instance_uid))
+    });
 }

@@ -412,6 +412,7 @@ fn process(
     let Parsed {
         mut instance,
         study,
+        metadata,
     } = match parsed {
         Ok(p) => p,
         Err(ParseError::Dicomdir) => return Outcome::Skipped,
@@ -492,7 +493,11 @@ fn process(
     instance.plaintext_hash = sealed.plaintext_hash.to_hex().to_string();
     instance.imported_unix = crate::store::records::now_unix_secs();
     Outcome::Sealed {
-        pending: PendingInstance { instance, study },
+        pending: PendingInstance {
+            instance,
+            study,
+            metadata,
+        },
         shard: Some(shard),
         resumed: false,
         display,

@@ -5,7 +5,8 @@ use std::io::Read;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, OpenFileOptions};
 
-use crate::store::{InstanceRecord, StudyAttributes};
+use super::json;
+use crate::store::{ImageAttributes, InstanceRecord, StudyAttributes};
 
 /// Files up to this size are read into memory once and parsed from there (one read for parse,
 /// hash and seal). Larger ones are parsed up to the pixel data only and streamed when sealing,
@@ -36,6 +37,8 @@ pub enum ParseError {
 pub struct Parsed {
     pub instance: InstanceRecord,
     pub study: StudyAttributes,
+    /// DICOM JSON of the instance's attributes (bulk data as URIs).
+    pub metadata: String,
 }
 
 /// Cheap first check on the leading bytes: DICM at 128 (with preamble) or at 0 (without).
@@ -53,6 +56,21 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> String {
         .flatten()
         .and_then(|e| e.to_str().ok().map(|s| clean(&s)))
         .unwrap_or_default()
+}
+
+fn floats(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<Vec<f64>> {
+    let s = text(obj, tag);
+    if s.is_empty() {
+        return None;
+    }
+    s.split('\\')
+        .map(|v| v.trim().parse::<f64>().ok())
+        .collect::<Option<Vec<f64>>>()
+        .filter(|v| !v.is_empty())
+}
+
+fn float(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<f64> {
+    floats(obj, tag).and_then(|v| v.first().copied())
 }
 
 fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
@@ -162,6 +180,22 @@ fn extract(obj: &DefaultDicomObject, size: u64) -> Result<Parsed, ParseError> {
         plaintext_hash: String::new(),
         blob_id: String::new(),
         imported_unix: 0,
+        image: ImageAttributes {
+            image_position_patient: floats(obj, tags::IMAGE_POSITION_PATIENT),
+            slice_location: float(obj, tags::SLICE_LOCATION),
+            pixel_spacing: floats(obj, tags::PIXEL_SPACING)
+                .or_else(|| floats(obj, tags::IMAGER_PIXEL_SPACING)),
+            window_center: float(obj, tags::WINDOW_CENTER),
+            window_width: float(obj, tags::WINDOW_WIDTH),
+            rescale_slope: float(obj, tags::RESCALE_SLOPE),
+            rescale_intercept: float(obj, tags::RESCALE_INTERCEPT),
+            photometric_interpretation: text(obj, tags::PHOTOMETRIC_INTERPRETATION),
+            samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL).and_then(|v| u16::try_from(v).ok()),
+            bits_allocated: int(obj, tags::BITS_ALLOCATED).and_then(|v| u16::try_from(v).ok()),
+            bits_stored: int(obj, tags::BITS_STORED).and_then(|v| u16::try_from(v).ok()),
+            pixel_representation: int(obj, tags::PIXEL_REPRESENTATION)
+                .and_then(|v| u16::try_from(v).ok()),
+        },
     };
     let study = StudyAttributes {
         patient_name: text(obj, tags::PATIENT_NAME),
@@ -175,7 +209,22 @@ fn extract(obj: &DefaultDicomObject, size: u64) -> Result<Parsed, ParseError> {
         referring_physician_name: text(obj, tags::REFERRING_PHYSICIAN_NAME),
         study_id: text(obj, tags::STUDY_ID),
     };
-    Ok(Parsed { instance, study })
+    let has_pixels = instance.rows.is_some() && instance.columns.is_some();
+    let metadata = json::dataset(
+        obj,
+        json::Location {
+            study: &instance.study_instance_uid,
+            series: &instance.series_instance_uid,
+            instance: &instance.sop_instance_uid,
+        },
+        has_pixels,
+    )
+    .to_string();
+    Ok(Parsed {
+        instance,
+        study,
+        metadata,
+    })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Attributes of one stored instance, as indexed at import, with where its bytes are.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InstanceRecord {
     pub study_instance_uid: String,
     pub series_instance_uid: String,
@@ -25,6 +25,26 @@ pub struct InstanceRecord {
     /// BLAKE3 of the sealed blob, hex: its name in `blobs/`.
     pub blob_id: String,
     pub imported_unix: u64,
+    /// What a viewer needs to place and window the image, indexed at import.
+    #[serde(default)]
+    pub image: ImageAttributes,
+}
+
+/// Geometry and display attributes of an image instance (empty for non-images).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ImageAttributes {
+    pub image_position_patient: Option<Vec<f64>>,
+    pub slice_location: Option<f64>,
+    pub pixel_spacing: Option<Vec<f64>>,
+    pub window_center: Option<f64>,
+    pub window_width: Option<f64>,
+    pub rescale_slope: Option<f64>,
+    pub rescale_intercept: Option<f64>,
+    pub photometric_interpretation: String,
+    pub samples_per_pixel: Option<u16>,
+    pub bits_allocated: Option<u16>,
+    pub bits_stored: Option<u16>,
+    pub pixel_representation: Option<u16>,
 }
 
 /// Study-level attributes plus a summary kept current at every commit.
@@ -77,10 +97,13 @@ pub struct StudyAttributes {
 }
 
 /// An instance waiting in an unfinished import: sealed and durable, not yet visible.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct PendingInstance {
     pub instance: InstanceRecord,
     pub study: StudyAttributes,
+    /// The instance's DICOM JSON (see `dicom::json`), precomputed for WADO-RS metadata.
+    #[serde(default)]
+    pub metadata: String,
 }
 
 impl StudyRecord {
