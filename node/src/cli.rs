@@ -6,7 +6,9 @@
 //! stderr, and bars are hidden when stdout is not a terminal.
 
 mod output;
+pub mod remote;
 pub mod secret;
+mod serve;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -100,6 +102,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the web viewer, the JSON API and DICOMweb until Ctrl-C.
+    ///
+    /// Other commands keep working on the same home meanwhile: they run through this server.
+    Serve {
+        /// Address for HTTP. Beyond loopback every request needs the access token printed at
+        /// start.
+        #[arg(long, default_value = crate::http::DEFAULT_ADDR)]
+        http: std::net::SocketAddr,
+        /// Allow browser apps served from this origin (e.g. an OHIF viewer) to use the API and
+        /// DICOMweb; repeatable; `*` allows any.
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origin: Vec<String>,
+    },
     /// Show this node's identity and store summary.
     Info {
         #[arg(long)]
@@ -173,6 +188,12 @@ pub enum CliError {
     Passphrase(#[from] secret::PassphraseError),
     #[error("{0}")]
     Bench(String),
+    #[error("this command cannot run through a running server")]
+    NotRemote,
+    #[error(transparent)]
+    Serve(#[from] crate::http::ServeError),
+    #[error("talking to the running server failed: {0}")]
+    Remote(String),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
     #[error("cannot write output: {0}")]
@@ -196,23 +217,17 @@ fn home_of(cli_home: Option<&std::path::Path>) -> Result<Home, CliError> {
     Home::resolve(cli_home).ok_or(CliError::NoHome)
 }
 
-/// Opens the store of a home, asking for the passphrase.
-pub fn open_store(home: &Home) -> Result<Store, CliError> {
-    if !home.exists() {
-        return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
-    }
-    let pass = secret::passphrase(false)?;
-    let keys = keystore::open(&home.keystore(), pass.as_bytes())?;
-    Ok(Store::open(home, keys)?)
-}
-
 fn show_progress(json: bool) -> bool {
     !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
 }
 
 /// Runs a parsed command line.
+///
+/// Commands that use the store open it here; when another process (normally `discless serve`)
+/// holds it, they run inside that process through its control API instead (see `remote`).
 pub fn run(cli: Cli) -> Result<Outcome, CliError> {
     let home = || home_of(cli.home.as_deref());
+    let mut stdout = std::io::stdout().lock();
     match cli.command {
         Command::Init { name, role, json } => {
             let home = home()?;
@@ -228,81 +243,12 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
                 .audit()
                 .append("init", serde_json::json!({ "peer_id": peer, "role": role }))
                 .map_err(StoreError::from)?;
-            output::init(&home, &peer, &name, role, json)?;
+            output::init(&mut stdout, &home, &peer, &name, role, json)?;
             Ok(Outcome::Success)
         }
-        Command::Import {
-            paths,
-            json,
-            workers,
-        } => {
-            let store = open_store(&home()?)?;
-            let workers = workers.unwrap_or_else(default_workers);
-            let bar = output::Bar::new(show_progress(json), "importing");
-            let report = import::import(&store, &paths, workers, &|p| {
-                bar.set(p.done as u64, p.total as u64);
-            })?;
-            bar.finish();
-            output::import(&report, json)?;
-            Ok(if report.rejected.is_empty() {
-                Outcome::Success
-            } else {
-                Outcome::Partial
-            })
-        }
-        Command::Studies { json } => {
-            let store = open_store(&home()?)?;
-            output::studies(&store.studies()?, json)?;
-            Ok(Outcome::Success)
-        }
-        Command::Show { study, json } => {
-            let store = open_store(&home()?)?;
-            let s = store.resolve_study(&study)?;
-            let instances = store.instances(&s.study_instance_uid)?;
-            output::show(&s, &instances, json)?;
-            Ok(Outcome::Success)
-        }
-        Command::Export {
-            study,
-            out,
-            zip,
-            dicomdir,
-            json,
-        } => {
-            let store = open_store(&home()?)?;
-            let s = store.resolve_study(&study)?;
-            let bar = output::Bar::new(show_progress(json), "exporting");
-            let report = export::export(
-                &store,
-                &s,
-                &out,
-                export::Options { zip, dicomdir },
-                &|done, total| bar.set(done, total),
-            )?;
-            bar.finish();
-            output::export(&report, json)?;
-            Ok(Outcome::Success)
-        }
-        Command::Audit { verify, json } => {
-            let store = open_store(&home()?)?;
-            let verified = if verify {
-                Some(store.audit().verify().map_err(|e| e.to_string()))
-            } else {
-                None
-            };
-            // A log that does not authenticate cannot be listed either; report that instead.
-            let entries = store.audit().entries().unwrap_or_default();
-            output::audit(&entries, verified.as_ref(), json)?;
-            Ok(match verified {
-                Some(Err(_)) => Outcome::Partial,
-                _ => Outcome::Success,
-            })
-        }
-        Command::Info { json } => {
-            let home = home()?;
-            let store = open_store(&home)?;
-            output::info(&store, json)?;
-            Ok(Outcome::Success)
+        Command::Serve { http, cors_origin } => {
+            drop(stdout);
+            serve::run(&home()?, http, cors_origin)
         }
         Command::Demo {
             slices,
@@ -319,9 +265,134 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         }) => {
             let r = crate::bench::import(input.as_deref(), instances, default_workers())
                 .map_err(CliError::Bench)?;
-            output::json(&r)?;
+            output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }
+        command => {
+            let home = home()?;
+            if !home.exists() {
+                return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
+            }
+            let pass = secret::passphrase(false)?;
+            let keys = keystore::open(&home.keystore(), pass.as_bytes())?;
+            match Store::open(&home, keys) {
+                Ok(store) => execute(&store, command, &mut stdout, true),
+                Err(StoreError::Locked(_)) => remote::run(&home, &mut stdout),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Runs a store command against an open store, writing its output to `w`. `interactive` shows
+/// progress bars (never when the command runs inside a server on behalf of a remote CLI).
+pub fn execute(
+    store: &Store,
+    command: Command,
+    w: &mut dyn std::io::Write,
+    interactive: bool,
+) -> Result<Outcome, CliError> {
+    match command {
+        Command::Import {
+            paths,
+            json,
+            workers,
+        } => {
+            let workers = workers.unwrap_or_else(default_workers);
+            let bar = output::Bar::new(interactive && show_progress(json), "importing");
+            let report = import::import(store, &paths, workers, &|p| {
+                bar.set(p.done as u64, p.total as u64);
+            })?;
+            bar.finish();
+            output::import(w, &report, json)?;
+            Ok(if report.rejected.is_empty() {
+                Outcome::Success
+            } else {
+                Outcome::Partial
+            })
+        }
+        Command::Studies { json } => {
+            output::studies(w, &store.studies()?, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Show { study, json } => {
+            let s = store.resolve_study(&study)?;
+            let instances = store.instances(&s.study_instance_uid)?;
+            output::show(w, &s, &instances, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Export {
+            study,
+            out,
+            zip,
+            dicomdir,
+            json,
+        } => {
+            let s = store.resolve_study(&study)?;
+            let bar = output::Bar::new(interactive && show_progress(json), "exporting");
+            let report = export::export(
+                store,
+                &s,
+                &out,
+                export::Options { zip, dicomdir },
+                &|done, total| bar.set(done, total),
+            )?;
+            bar.finish();
+            output::export(w, &report, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Audit { verify, json } => {
+            let verified = if verify {
+                Some(store.audit().verify().map_err(|e| e.to_string()))
+            } else {
+                None
+            };
+            // A log that does not authenticate cannot be listed either; report that instead.
+            let entries = store.audit().entries().unwrap_or_default();
+            output::audit(w, &entries, verified.as_ref(), json)?;
+            Ok(match verified {
+                Some(Err(_)) => Outcome::Partial,
+                _ => Outcome::Success,
+            })
+        }
+        Command::Info { json } => {
+            output::info(w, store, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Init { .. } | Command::Serve { .. } | Command::Demo { .. } | Command::Bench(_) => {
+            Err(CliError::NotRemote)
+        }
+    }
+}
+
+/// Resolves a command's relative paths against `cwd` (the CLI's directory, when the command runs
+/// inside a server started elsewhere).
+pub fn absolutize(command: Command, cwd: &std::path::Path) -> Command {
+    let abs = |p: PathBuf| if p.is_absolute() { p } else { cwd.join(p) };
+    match command {
+        Command::Import {
+            paths,
+            json,
+            workers,
+        } => Command::Import {
+            paths: paths.into_iter().map(abs).collect(),
+            json,
+            workers,
+        },
+        Command::Export {
+            study,
+            out,
+            zip,
+            dicomdir,
+            json,
+        } => Command::Export {
+            study,
+            out: abs(out),
+            zip,
+            dicomdir,
+            json,
+        },
+        other => other,
     }
 }
 

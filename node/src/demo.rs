@@ -112,9 +112,20 @@ pub fn run(slices: u32, keep: Option<&Path>) -> Result<(), DemoError> {
         let r = import::import(&clinic, &[modality.clone()], workers, &|_| {})
             .map_err(fail("import"))?;
         if !r.rejected.is_empty() {
-            return Err(fail("import")(format!("{} files rejected", r.rejected.len())));
+            return Err(fail("import")(format!(
+                "{} files rejected",
+                r.rejected.len()
+            )));
         }
-        Ok(((), format!("{} instances, {} studies, {:.1} MB", r.imported, r.studies.len(), r.bytes as f64 / 1e6)))
+        Ok((
+            (),
+            format!(
+                "{} instances, {} studies, {:.1} MB",
+                r.imported,
+                r.studies.len(),
+                r.bytes as f64 / 1e6
+            ),
+        ))
     })?;
     let ct = s.step("the clinic lists its studies", || {
         let studies = clinic.studies().map_err(fail("list"))?;
@@ -123,15 +134,34 @@ pub fn run(slices: u32, keep: Option<&Path>) -> Result<(), DemoError> {
             .map_err(fail("list"))?;
         let lines: Vec<String> = studies
             .iter()
-            .map(|x| format!("{} {} {}", x.short_id(), x.modalities.join(","), x.study_description))
+            .map(|x| {
+                format!(
+                    "{} {} {}",
+                    x.short_id(),
+                    x.modalities.join(","),
+                    x.study_description
+                )
+            })
             .collect();
         Ok((ct, lines.join("; ")))
     })?;
     let cd = root.join("cd");
     s.step("the clinic burns a virtual CD (DICOMDIR)", || {
-        let r = export::export(&clinic, &ct, &cd, export::Options { zip: false, dicomdir: true }, &|_, _| {})
-            .map_err(fail("export"))?;
-        Ok(((), format!("{} files + DICOMDIR in {}", r.files, cd.display())))
+        let r = export::export(
+            &clinic,
+            &ct,
+            &cd,
+            export::Options {
+                zip: false,
+                dicomdir: true,
+            },
+            &|_, _| {},
+        )
+        .map_err(fail("export"))?;
+        Ok((
+            (),
+            format!("{} files + DICOMDIR in {}", r.files, cd.display()),
+        ))
     })?;
     let patient = s.step("a patient's node reads the CD", || {
         let home = Home::new(root.join("patient"));
@@ -140,7 +170,10 @@ pub fn run(slices: u32, keep: Option<&Path>) -> Result<(), DemoError> {
         let store = Store::open(&home, keys).map_err(fail("open patient"))?;
         let r = import::import(&store, &[cd.join("DICOMDIR")], workers, &|_| {})
             .map_err(fail("import CD"))?;
-        Ok((store, format!("{} instances imported through the DICOMDIR", r.imported)))
+        Ok((
+            store,
+            format!("{} instances imported through the DICOMDIR", r.imported),
+        ))
     })?;
     s.step("the patient's copy is byte-identical", || {
         let out = root.join("patient-export");

@@ -24,5 +24,7 @@ pub mod crypto;
 pub mod demo;
 pub mod dicom;
 pub mod home;
+pub mod http;
 pub mod keystore;
+pub mod render;
 pub mod store;

@@ -34,6 +34,7 @@ pub use audit::{Audit, AuditEntry, AuditError};
 pub use blobs::Blobs;
 pub use records::{
     ImageAttributes, InstanceRecord, PendingInstance, SeriesSummary, StudyAttributes, StudyRecord,
+    StudySummary,
 };
 
 use crate::crypto::{open_record, seal_record, SealError, SecretKey};
@@ -358,7 +359,10 @@ impl Store {
             let islot = Self::slot(b"i/", &[&hstudy, &hs]);
             batch.insert(islot.clone(), self.seal(&islot, &p.instance)?);
             let jslot = Self::slot(b"j/", &[&hstudy, &hs]);
-            batch.insert(jslot.clone(), self.seal_bytes(&jslot, p.metadata.as_bytes())?);
+            batch.insert(
+                jslot.clone(),
+                self.seal_bytes(&jslot, p.metadata.as_bytes())?,
+            );
             batch.insert(Self::slot(b"x/", &[&hs]), &hstudy[..]);
             summary.instances += 1;
         }

@@ -7,12 +7,15 @@ use serde::Serialize;
 use crate::dicom::{export, import};
 use crate::home::Home;
 use crate::keystore::Role;
-use crate::store::{AuditEntry, InstanceRecord, Store, StudyRecord};
+use crate::store::{AuditEntry, InstanceRecord, Store, StudyRecord, StudySummary};
 
 /// `println!` that returns an error instead of panicking when stdout is closed (`| head`).
 macro_rules! out {
-    ($($t:tt)*) => {
-        writeln!(io::stdout().lock(), $($t)*)?
+    ($w:expr) => {
+        writeln!($w)?
+    };
+    ($w:expr, $($t:tt)*) => {
+        writeln!($w, $($t)*)?
     };
 }
 
@@ -47,10 +50,9 @@ impl Bar {
     }
 }
 
-pub(super) fn json<T: Serialize>(v: &T) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, v)?;
-    writeln!(out)
+pub(super) fn json<T: Serialize>(w: &mut dyn Write, v: &T) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *w, v)?;
+    writeln!(w)
 }
 
 /// Human-readable byte sizes (MB = 10^6 bytes, as disks and networks count).
@@ -103,6 +105,8 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 pub(super) fn init(
+    w: &mut dyn Write,
+
     home: &Home,
     peer: &str,
     name: &str,
@@ -110,27 +114,35 @@ pub(super) fn init(
     as_json: bool,
 ) -> io::Result<()> {
     if as_json {
-        return json(&serde_json::json!({
-            "home": home.root(),
-            "peer_id": peer,
-            "name": name,
-            "role": role,
-        }));
+        return json(
+            w,
+            &serde_json::json!({
+                "home": home.root(),
+                "peer_id": peer,
+                "name": name,
+                "role": role,
+            }),
+        );
     }
     out!(
+        w,
         "Created a {role} node \"{name}\" in {}",
         home.root().display()
     );
-    out!("PeerId: {peer}");
-    out!("Keep the passphrase safe: without it nothing in this home can be read.");
+    out!(w, "PeerId: {peer}");
+    out!(
+        w,
+        "Keep the passphrase safe: without it nothing in this home can be read."
+    );
     Ok(())
 }
 
-pub(super) fn import(r: &import::Report, as_json: bool) -> io::Result<()> {
+pub(super) fn import(w: &mut dyn Write, r: &import::Report, as_json: bool) -> io::Result<()> {
     if as_json {
-        return json(r);
+        return json(w, r);
     }
     out!(
+        w,
         "Imported {} instance(s) ({}) into {} study(ies); {} duplicate(s) skipped{}.",
         r.imported,
         size(r.bytes),
@@ -143,62 +155,31 @@ pub(super) fn import(r: &import::Report, as_json: bool) -> io::Result<()> {
         }
     );
     if !r.rejected.is_empty() {
-        out!("Rejected {} file(s):", r.rejected.len());
+        out!(w, "Rejected {} file(s):", r.rejected.len());
         for x in &r.rejected {
-            out!("  {}: {}", x.path, x.reason);
+            out!(w, "  {}: {}", x.path, x.reason);
         }
     }
     Ok(())
 }
 
-#[derive(Serialize)]
-struct StudyRow<'a> {
-    study_instance_uid: &'a str,
-    short_id: String,
-    patient_name: &'a str,
-    patient_id: &'a str,
-    patient_birth_date: &'a str,
-    patient_sex: &'a str,
-    study_date: &'a str,
-    study_time: &'a str,
-    study_description: &'a str,
-    accession_number: &'a str,
-    referring_physician_name: &'a str,
-    modalities: &'a [String],
-    series_count: usize,
-    instance_count: u64,
-    bytes: u64,
+fn row(s: &StudyRecord) -> StudySummary {
+    StudySummary::from(s)
 }
 
-fn row(s: &StudyRecord) -> StudyRow<'_> {
-    StudyRow {
-        study_instance_uid: &s.study_instance_uid,
-        short_id: s.short_id(),
-        patient_name: &s.patient_name,
-        patient_id: &s.patient_id,
-        patient_birth_date: &s.patient_birth_date,
-        patient_sex: &s.patient_sex,
-        study_date: &s.study_date,
-        study_time: &s.study_time,
-        study_description: &s.study_description,
-        accession_number: &s.accession_number,
-        referring_physician_name: &s.referring_physician_name,
-        modalities: &s.modalities,
-        series_count: s.series.len(),
-        instance_count: s.instance_count,
-        bytes: s.bytes,
-    }
-}
-
-pub(super) fn studies(list: &[StudyRecord], as_json: bool) -> io::Result<()> {
+pub(super) fn studies(w: &mut dyn Write, list: &[StudyRecord], as_json: bool) -> io::Result<()> {
     if as_json {
-        return json(&list.iter().map(row).collect::<Vec<_>>());
+        return json(w, &list.iter().map(row).collect::<Vec<_>>());
     }
     if list.is_empty() {
-        out!("No studies yet. Import some with `discless import PATH`.");
+        out!(
+            w,
+            "No studies yet. Import some with `discless import PATH`."
+        );
         return Ok(());
     }
     out!(
+        w,
         "{:<8}  {:<10}  {:<24}  {:<12}  {:<8}  {:>6}  {:>6}  {:>9}  DESCRIPTION",
         "ID",
         "DATE",
@@ -211,6 +192,7 @@ pub(super) fn studies(list: &[StudyRecord], as_json: bool) -> io::Result<()> {
     );
     for s in list {
         out!(
+            w,
             "{:<8}  {:<10}  {:<24}  {:<12}  {:<8}  {:>6}  {:>6}  {:>9}  {}",
             s.short_id(),
             date(&s.study_date),
@@ -226,7 +208,12 @@ pub(super) fn studies(list: &[StudyRecord], as_json: bool) -> io::Result<()> {
     Ok(())
 }
 
-pub(super) fn show(s: &StudyRecord, instances: &[InstanceRecord], as_json: bool) -> io::Result<()> {
+pub(super) fn show(
+    w: &mut dyn Write,
+    s: &StudyRecord,
+    instances: &[InstanceRecord],
+    as_json: bool,
+) -> io::Result<()> {
     if as_json {
         #[derive(Serialize)]
         struct Series<'a> {
@@ -237,7 +224,7 @@ pub(super) fn show(s: &StudyRecord, instances: &[InstanceRecord], as_json: bool)
         #[derive(Serialize)]
         struct Show<'a> {
             #[serde(flatten)]
-            study: StudyRow<'a>,
+            study: StudySummary,
             series: Vec<Series<'a>>,
         }
         let series = s
@@ -251,32 +238,38 @@ pub(super) fn show(s: &StudyRecord, instances: &[InstanceRecord], as_json: bool)
                     .collect(),
             })
             .collect();
-        return json(&Show {
-            study: row(s),
-            series,
-        });
+        return json(
+            w,
+            &Show {
+                study: row(s),
+                series,
+            },
+        );
     }
-    out!("Study {}  ({})", s.short_id(), s.study_instance_uid);
+    out!(w, "Study {}  ({})", s.short_id(), s.study_instance_uid);
     out!(
+        w,
         "  Patient     {}  ID {}  born {}  sex {}",
         person(&s.patient_name),
         s.patient_id,
         date(&s.patient_birth_date),
         s.patient_sex
     );
-    out!("  Date        {} {}", date(&s.study_date), s.study_time);
-    out!("  Description {}", s.study_description);
-    out!("  Accession   {}", s.accession_number);
-    out!("  Referring   {}", person(&s.referring_physician_name));
+    out!(w, "  Date        {} {}", date(&s.study_date), s.study_time);
+    out!(w, "  Description {}", s.study_description);
+    out!(w, "  Accession   {}", s.accession_number);
+    out!(w, "  Referring   {}", person(&s.referring_physician_name));
     out!(
+        w,
         "  {} series, {} instances, {}",
         s.series.len(),
         s.instance_count,
         size(s.bytes)
     );
     for se in &s.series {
-        out!();
+        out!(w);
         out!(
+            w,
             "  Series {} {} {} ({} instances, {})  {}",
             se.series_number
                 .map(|n| n.to_string())
@@ -292,6 +285,7 @@ pub(super) fn show(s: &StudyRecord, instances: &[InstanceRecord], as_json: bool)
             .filter(|i| i.series_instance_uid == se.series_instance_uid)
         {
             out!(
+                w,
                 "    #{:<5} {:>5}x{:<5} {:>9}  {}",
                 i.instance_number
                     .map(|n| n.to_string())
@@ -306,11 +300,12 @@ pub(super) fn show(s: &StudyRecord, instances: &[InstanceRecord], as_json: bool)
     Ok(())
 }
 
-pub(super) fn export(r: &export::Report, as_json: bool) -> io::Result<()> {
+pub(super) fn export(w: &mut dyn Write, r: &export::Report, as_json: bool) -> io::Result<()> {
     if as_json {
-        return json(r);
+        return json(w, r);
     }
     out!(
+        w,
         "Exported {} file(s), {}, to {}{}",
         r.files,
         size(r.bytes),
@@ -321,60 +316,69 @@ pub(super) fn export(r: &export::Report, as_json: bool) -> io::Result<()> {
 }
 
 pub(super) fn audit(
+    w: &mut dyn Write,
+
     entries: &[AuditEntry],
     verified: Option<&Result<u64, String>>,
     as_json: bool,
 ) -> io::Result<()> {
     if as_json {
-        return json(&serde_json::json!({
-            "entries": entries,
-            "verified": verified.map(|v| v.is_ok()),
-            "error": verified.and_then(|v| v.as_ref().err()),
-        }));
+        return json(
+            w,
+            &serde_json::json!({
+                "entries": entries,
+                "verified": verified.map(|v| v.is_ok()),
+                "error": verified.and_then(|v| v.as_ref().err()),
+            }),
+        );
     }
     for e in entries {
         let when = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms),
         );
-        out!("{:>5}  {}  {:<8}  {}", e.seq, when, e.action, e.detail);
+        out!(w, "{:>5}  {}  {:<8}  {}", e.seq, when, e.action, e.detail);
     }
     match verified {
-        Some(Ok(n)) => out!("Audit log verified: {n} entries, chain intact."),
-        Some(Err(e)) => out!("AUDIT LOG DOES NOT VERIFY: {e}"),
+        Some(Ok(n)) => out!(w, "Audit log verified: {n} entries, chain intact."),
+        Some(Err(e)) => out!(w, "AUDIT LOG DOES NOT VERIFY: {e}"),
         None => {}
     }
     Ok(())
 }
 
-pub(super) fn info(store: &Store, as_json: bool) -> io::Result<()> {
+pub(super) fn info(w: &mut dyn Write, store: &Store, as_json: bool) -> io::Result<()> {
     let keys = store.keys();
     let studies = store.studies().unwrap_or_default();
     let instances: u64 = studies.iter().map(|s| s.instance_count).sum();
     let bytes: u64 = studies.iter().map(|s| s.bytes).sum();
     let pending = store.pending_count();
     if as_json {
-        return json(&serde_json::json!({
-            "peer_id": keys.peer_id().to_string(),
-            "name": keys.name,
-            "role": keys.role,
-            "home": store.home().root(),
-            "studies": studies.len(),
-            "instances": instances,
-            "bytes": bytes,
-            "pending_instances": pending,
-        }));
+        return json(
+            w,
+            &serde_json::json!({
+                "peer_id": keys.peer_id().to_string(),
+                "name": keys.name,
+                "role": keys.role,
+                "home": store.home().root(),
+                "studies": studies.len(),
+                "instances": instances,
+                "bytes": bytes,
+                "pending_instances": pending,
+            }),
+        );
     }
-    out!("Node     {} ({})", keys.name, keys.role);
-    out!("PeerId   {}", keys.peer_id());
-    out!("Home     {}", store.home().root().display());
+    out!(w, "Node     {} ({})", keys.name, keys.role);
+    out!(w, "PeerId   {}", keys.peer_id());
+    out!(w, "Home     {}", store.home().root().display());
     out!(
+        w,
         "Store    {} studies, {} instances, {}",
         studies.len(),
         instances,
         size(bytes)
     );
     if pending > 0 {
-        out!("         {pending} instance(s) from an interrupted import: run the import again to finish it");
+        out!(w, "         {pending} instance(s) from an interrupted import: run the import again to finish it");
     }
     Ok(())
 }

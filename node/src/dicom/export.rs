@@ -14,7 +14,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::dicomdir;
 use crate::crypto::blob;
@@ -28,7 +28,7 @@ pub struct Options {
 }
 
 /// What an export wrote; the `--json` output.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub study_instance_uid: String,
     pub output: PathBuf,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::dicomdir;
 use super::parse::{self, ParseError, Parsed};
@@ -57,14 +57,14 @@ impl Source {
 }
 
 /// A file that was not imported, and why.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Rejected {
     pub path: String,
     pub reason: String,
 }
 
 /// The outcome of an import; serialised as the `--json` output.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub imported: u64,
     pub duplicates: u64,
@@ -74,6 +74,32 @@ pub struct Report {
     pub resumed: u64,
     /// Plaintext bytes of the instances imported.
     pub bytes: u64,
+    /// Which instance each accepted source was (stored now or already present); STOW-RS answers
+    /// with these. Not printed: a large import would drown its summary.
+    #[serde(skip)]
+    pub accepted: Vec<Accepted>,
+}
+
+/// A source that is now in the store, and what it was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub source: String,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+}
+
+impl Accepted {
+    fn of(source: String, i: &crate::store::InstanceRecord) -> Self {
+        Self {
+            source,
+            study_instance_uid: i.study_instance_uid.clone(),
+            series_instance_uid: i.series_instance_uid.clone(),
+            sop_class_uid: i.sop_class_uid.clone(),
+            sop_instance_uid: i.sop_instance_uid.clone(),
+        }
+    }
 }
 
 /// Progress of an import, for a bar or a log line.
@@ -221,7 +247,7 @@ enum Outcome {
         resumed: bool,
         display: String,
     },
-    Duplicate,
+    Duplicate(Accepted),
     Skipped,
     Rejected(Rejected),
     Fatal(ImportError),
@@ -295,6 +321,7 @@ pub fn run(
                     display,
                 } => {
                     let sop = pending.instance.sop_instance_uid.clone();
+                    let accepted = Accepted::of(display.clone(), &pending.instance);
                     if let Some((hash, blob)) = by_sop.get(&sop) {
                         // The same instance twice in one import (e.g. a folder and a ZIP of it).
                         if *blob != pending.instance.blob_id {
@@ -302,6 +329,7 @@ pub fn run(
                         }
                         if *hash == pending.instance.plaintext_hash {
                             report.duplicates += 1;
+                            report.accepted.push(accepted);
                         } else {
                             report.rejected.push(Rejected {
                                 path: display,
@@ -325,6 +353,7 @@ pub fn run(
                         }
                         report.resumed += u64::from(resumed);
                         report.bytes += pending.instance.size;
+                        report.accepted.push(accepted);
                         unsynced += pending.instance.size;
                         // A sync already running will cover these bytes too; never queue more.
                         if unsynced >= SYNC_EVERY_BYTES && sync_tx.try_send(()).is_ok() {
@@ -333,7 +362,10 @@ pub fn run(
                         sops.push(sop);
                     }
                 }
-                Outcome::Duplicate => report.duplicates += 1,
+                Outcome::Duplicate(a) => {
+                    report.duplicates += 1;
+                    report.accepted.push(a);
+                }
                 Outcome::Skipped => {}
                 Outcome::Rejected(r) => report.rejected.push(r),
                 Outcome::Fatal(e) => {
@@ -432,7 +464,9 @@ fn process(
     match store.instance(&instance.sop_instance_uid) {
         Ok(Some(existing)) => {
             return match plain_hash() {
-                Ok(h) if h == existing.plaintext_hash => Outcome::Duplicate,
+                Ok(h) if h == existing.plaintext_hash => {
+                    Outcome::Duplicate(Accepted::of(display.clone(), &existing))
+                }
                 Ok(_) => reject(format!(
                     "another instance with SOPInstanceUID {} is already stored with different content; it was not replaced",
                     instance.sop_instance_uid

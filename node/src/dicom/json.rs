@@ -33,7 +33,9 @@ fn tag_key(t: Tag) -> String {
 }
 
 fn trimmed(s: &str) -> String {
-    s.trim_end_matches(['\0', ' ']).trim_start_matches(' ').to_owned()
+    s.trim_end_matches(['\0', ' '])
+        .trim_start_matches(' ')
+        .to_owned()
 }
 
 /// The DICOM JSON object of a data set (top level or a sequence item).
@@ -144,11 +146,7 @@ where
                         )
                     })
                     .collect(),
-                _ => strs
-                    .iter()
-                    .map(|s| trimmed(s))
-                    .map(Json::String)
-                    .collect(),
+                _ => strs.iter().map(|s| trimmed(s)).map(Json::String).collect(),
             }
         }
     };
@@ -169,13 +167,41 @@ mod tests {
     #[test]
     fn numbers_names_and_bulk_follow_ps3_18() {
         let mut o = InMemDicomObject::new_empty();
-        o.put(DataElement::new(tags::PATIENT_NAME, VR::PN, PrimitiveValue::from("DOE^JANE=ド^ジ")));
-        o.put(DataElement::new(tags::INSTANCE_NUMBER, VR::IS, PrimitiveValue::from(" 12 ")));
-        o.put(DataElement::new(tags::PIXEL_SPACING, VR::DS, PrimitiveValue::Strs(["0.7".to_owned(), "0.70".to_owned()].into_iter().collect())));
-        o.put(DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(512_u16)));
-        o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::from(vec![0u8; 8])));
-        o.put(DataElement::new(tags::STUDY_DESCRIPTION, VR::LO, PrimitiveValue::from("")));
-        let loc = Location { study: "1.2", series: "1.2.3", instance: "1.2.3.4" };
+        o.put(DataElement::new(
+            tags::PATIENT_NAME,
+            VR::PN,
+            PrimitiveValue::from("DOE^JANE=ド^ジ"),
+        ));
+        o.put(DataElement::new(
+            tags::INSTANCE_NUMBER,
+            VR::IS,
+            PrimitiveValue::from(" 12 "),
+        ));
+        o.put(DataElement::new(
+            tags::PIXEL_SPACING,
+            VR::DS,
+            PrimitiveValue::Strs(["0.7".to_owned(), "0.70".to_owned()].into_iter().collect()),
+        ));
+        o.put(DataElement::new(
+            tags::ROWS,
+            VR::US,
+            PrimitiveValue::from(512_u16),
+        ));
+        o.put(DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OW,
+            PrimitiveValue::from(vec![0u8; 8]),
+        ));
+        o.put(DataElement::new(
+            tags::STUDY_DESCRIPTION,
+            VR::LO,
+            PrimitiveValue::from(""),
+        ));
+        let loc = Location {
+            study: "1.2",
+            series: "1.2.3",
+            instance: "1.2.3.4",
+        };
         let j = dataset(&o, loc, true);
         assert_eq!(j["00100010"]["Value"][0]["Alphabetic"], "DOE^JANE");
         assert_eq!(j["00100010"]["Value"][0]["Ideographic"], "ド^ジ");

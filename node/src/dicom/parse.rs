@@ -190,7 +190,8 @@ fn extract(obj: &DefaultDicomObject, size: u64) -> Result<Parsed, ParseError> {
             rescale_slope: float(obj, tags::RESCALE_SLOPE),
             rescale_intercept: float(obj, tags::RESCALE_INTERCEPT),
             photometric_interpretation: text(obj, tags::PHOTOMETRIC_INTERPRETATION),
-            samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL).and_then(|v| u16::try_from(v).ok()),
+            samples_per_pixel: int(obj, tags::SAMPLES_PER_PIXEL)
+                .and_then(|v| u16::try_from(v).ok()),
             bits_allocated: int(obj, tags::BITS_ALLOCATED).and_then(|v| u16::try_from(v).ok()),
             bits_stored: int(obj, tags::BITS_STORED).and_then(|v| u16::try_from(v).ok()),
             pixel_representation: int(obj, tags::PIXEL_REPRESENTATION)

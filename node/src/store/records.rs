@@ -177,3 +177,45 @@ pub fn short_id(study_instance_uid: &str) -> String {
 pub fn now_unix_secs() -> u64 {
     crate::store::now_unix()
 }
+
+/// A study as listed to people and scripts (`studies --json`, `/api/studies`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StudySummary {
+    pub study_instance_uid: String,
+    pub short_id: String,
+    pub patient_name: String,
+    pub patient_id: String,
+    pub patient_birth_date: String,
+    pub patient_sex: String,
+    pub study_date: String,
+    pub study_time: String,
+    pub study_description: String,
+    pub accession_number: String,
+    pub referring_physician_name: String,
+    pub modalities: Vec<String>,
+    pub series_count: usize,
+    pub instance_count: u64,
+    pub bytes: u64,
+}
+
+impl From<&StudyRecord> for StudySummary {
+    fn from(s: &StudyRecord) -> Self {
+        Self {
+            study_instance_uid: s.study_instance_uid.clone(),
+            short_id: s.short_id(),
+            patient_name: s.patient_name.clone(),
+            patient_id: s.patient_id.clone(),
+            patient_birth_date: s.patient_birth_date.clone(),
+            patient_sex: s.patient_sex.clone(),
+            study_date: s.study_date.clone(),
+            study_time: s.study_time.clone(),
+            study_description: s.study_description.clone(),
+            accession_number: s.accession_number.clone(),
+            referring_physician_name: s.referring_physician_name.clone(),
+            modalities: s.modalities.clone(),
+            series_count: s.series.len(),
+            instance_count: s.instance_count,
+            bytes: s.bytes,
+        }
+    }
+}

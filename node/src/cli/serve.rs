@@ -1,0 +1,137 @@
+//! `discless serve`: the node's servers, until Ctrl-C or SIGTERM.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use zeroize::Zeroizing;
+
+use super::{secret, CliError, Outcome};
+use crate::home::Home;
+use crate::http::{self, Announcement};
+use crate::keystore::{self, KeystoreError};
+use crate::store::{Store, StoreError};
+
+fn new_token() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 24];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Writes `serve.json` (mode 0600): how local CLIs reach this server.
+fn announce(home: &Home, a: &Announcement) -> std::io::Result<()> {
+    let path = Announcement::path(home);
+    let tmp = path.with_extension("json.tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(a).unwrap_or_default())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Outcome, CliError> {
+    if !home.exists() {
+        return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
+    }
+    let pass = secret::passphrase(false)?;
+    let keys = keystore::open(&home.keystore(), pass.as_bytes())?;
+    let name = keys.name.clone();
+    let store = match Store::open(home, keys) {
+        Err(StoreError::Locked(p)) => {
+            let who = std::fs::read(Announcement::path(home))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Announcement>(&b).ok())
+                .map(|a| format!(" (pid {}, {})", a.pid, a.url))
+                .unwrap_or_default();
+            return Err(CliError::Remote(format!(
+                "this home ({}) is already served{who}",
+                p.display()
+            )));
+        }
+        other => other?,
+    };
+    let token = Zeroizing::new(new_token());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CliError::Output)?;
+    rt.block_on(async {
+        let handle = http::spawn(
+            store.clone(),
+            http::Config {
+                addr,
+                cors_origins: cors,
+            },
+            token.to_string(),
+        )
+        .await?;
+        let local = if handle.addr.ip().is_unspecified() {
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), handle.addr.port())
+        } else {
+            handle.addr
+        };
+        let url = format!("http://{local}");
+        announce(
+            home,
+            &Announcement {
+                url: url.clone(),
+                pid: std::process::id(),
+                token: token.to_string(),
+            },
+        )
+        .map_err(CliError::Output)?;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "Discless node \"{name}\" is serving {}",
+            home.root().display()
+        );
+        let _ = writeln!(out, "  web viewer  {url}/");
+        let _ = writeln!(out, "  DICOMweb    {url}/dicomweb");
+        if !handle.addr.ip().is_loopback() {
+            let _ = writeln!(
+                out,
+                "  listening beyond loopback: log in with the access token {}",
+                token.as_str()
+            );
+        }
+        let _ = writeln!(out, "Press Ctrl-C to stop.");
+        let _ = out.flush();
+        drop(out);
+        tracing::info!(addr = %handle.addr, "serving");
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let r = handle.shutdown().await;
+        let _ = std::fs::remove_file(Announcement::path(home));
+        r?;
+        Ok::<_, CliError>(())
+    })?;
+    store.flush()?;
+    Ok(Outcome::Success)
+}
