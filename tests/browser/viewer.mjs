@@ -240,7 +240,10 @@ async function runDevice(device) {
     const cards = await openList(page, device);
     check(`${device}: study list shows studies`, cards > 0, { cards });
     const chosen = await chooseStudy(page);
-    if (!check(`${device}: a CT study to open`, !chosen.error && chosen.series, chosen)) return;
+    if (
+      !check(`${device}: ${args.study ? 'the chosen' : 'a CT'} study to open`, !chosen.error && chosen.series, chosen)
+    )
+      return;
 
     // 2. Open it as a person would: tap or click its card.
     const card = page.locator(`a.study-card[href="#/study/${encodeURIComponent(chosen.study)}"]`);

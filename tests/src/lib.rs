@@ -155,6 +155,39 @@ impl Node {
         Ok((out.status.code().unwrap_or(-1), v))
     }
 
+    /// Starts `discless serve` on a free loopback port and waits until it answers.
+    pub fn serve(&self, extra: &[&str]) -> Result<Served> {
+        let announcement = self.home().join("serve.json");
+        let _ = std::fs::remove_file(&announcement);
+        let mut args = vec!["serve", "--http", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        let child = self
+            .cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()?;
+        let mut served = Served {
+            child,
+            url: String::new(),
+            token: String::new(),
+        };
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(60) {
+            if let Ok(b) = std::fs::read(&announcement) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                    served.url = v["url"].as_str().unwrap_or_default().to_owned();
+                    served.token = v["token"].as_str().unwrap_or_default().to_owned();
+                    return Ok(served);
+                }
+            }
+            if let Some(status) = served.child.try_wait()? {
+                bail!("discless serve exited early with {status}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        bail!("discless serve did not start within 60 s")
+    }
+
     /// `studies --json`.
     pub fn studies(&self) -> Result<Vec<serde_json::Value>> {
         match self.json(&["studies", "--json"])? {
@@ -198,4 +231,56 @@ pub fn dicom_hashes(dir: &Path) -> Result<std::collections::BTreeSet<String>> {
 pub fn file_contains(path: &Path, needle: &[u8]) -> Result<bool> {
     let bytes = std::fs::read(path)?;
     Ok(!needle.is_empty() && bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+/// A running `discless serve`, stopped (SIGTERM, then SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Served {
+    pub child: std::process::Child,
+    pub url: String,
+    pub token: String,
+}
+
+impl Served {
+    /// Asks the server to stop as Ctrl-C would, and waits for its exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_secs(30) {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.child.kill()?;
+        bail!("serve did not stop within 30 s of SIGTERM")
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate();
+        }
+    }
+}
+
+/// A Python interpreter with `dicomweb-client` importable: `Some` when available; `None` with a
+/// notice outside CI; a panic under `CI=true` (the test command installs it).
+pub fn python_with(module: &str) -> Option<PathBuf> {
+    for py in ["python3", "python"] {
+        let ok = Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(PathBuf::from(py));
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("Python module {module} is required under CI=true; the test command installs it");
+    }
+    eprintln!("SKIPPED: Python module {module} is not installed");
+    None
 }

@@ -106,6 +106,7 @@ export class Viewer {
     const first = this.stack[0];
     if (first) this.transform.setImage(first.fmt.columns, first.fmt.rows, aspectOf(first));
     this.transform.fit();
+    if (this.mode === 'wl' && !this.canWindow()) this.setMode('scroll');
     this.pending = { first: performance.now(), slice: null, wl: null };
     this.loader.setStack(this.stack);
     this.changed();

@@ -1,0 +1,131 @@
+//! `discless serve`: DICOMweb with a real third-party client, the CLI beside a running server,
+//! graceful shutdown.
+
+use std::path::Path;
+
+use anyhow::Result;
+use discless_fixtures::{self as fx, Encoding, Patient, SeriesSpec, StudySpec};
+use discless_tests::{dicom_hashes, python_with, workspace_root, Node};
+
+fn patient(name: &str, id: &str) -> Patient {
+    Patient {
+        name: name.into(),
+        id: id.into(),
+        ..Patient::default()
+    }
+}
+
+/// The study the DICOMweb checks expect: DICOMWEB^TEST, DW-1, 2024-01-15, CT + MR.
+fn dicomweb_study(dir: &Path) -> Result<()> {
+    let study = StudySpec {
+        patient: patient("DICOMWEB^TEST", "DW-1"),
+        study_instance_uid: fx::uid("tests/dicomweb/main"),
+        ..StudySpec::default()
+    };
+    fx::ct_series(dir, &study, &SeriesSpec::new(&study.study_instance_uid, 1, "CT"), 5, 64, 64)?;
+    let mr = SeriesSpec {
+        encoding: Encoding::ImplicitVrLittleEndian,
+        ..SeriesSpec::new(&study.study_instance_uid, 2, "MR")
+    };
+    fx::mr_series(dir, &study, &mr, 3, 48, 48)?;
+    Ok(())
+}
+
+#[test]
+fn dicomweb_client_searches_retrieves_and_stores() -> Result<()> {
+    let Some(python) = python_with("dicomweb_client") else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("src");
+    dicomweb_study(&src)?;
+    let other = work.path().join("other");
+    let st = StudySpec {
+        patient: patient("OTHER^PATIENT", "OT-9"),
+        study_instance_uid: fx::uid("tests/dicomweb/other"),
+        study_date: "20230301".into(),
+        ..StudySpec::default()
+    };
+    fx::cr_image(&other, &st, &SeriesSpec::new(&st.study_instance_uid, 1, "CR"), 64, 64)?;
+    let stow = work.path().join("stow");
+    let st2 = StudySpec {
+        patient: patient("STOWED^VIA^WEB", "ST-2"),
+        study_instance_uid: fx::uid("tests/dicomweb/stow"),
+        ..StudySpec::default()
+    };
+    fx::ct_series(&stow, &st2, &SeriesSpec::new(&st2.study_instance_uid, 1, "CT"), 3, 32, 32)?;
+
+    let node = Node::init("clinic")?;
+    let (code, _) = node.import(&[&src, &other])?;
+    assert_eq!(code, 0);
+    let served = node.serve(&[])?;
+    let out = std::process::Command::new(python)
+        .arg(workspace_root().join("tests/dicomweb/check.py"))
+        .args(["--url", &format!("{}/dicomweb", served.url)])
+        .arg("--src")
+        .arg(&src)
+        .arg("--stow")
+        .arg(&stow)
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{report}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "dicomweb-client checks failed:\n{report}");
+    drop(served);
+    // What STOW stored is byte-identical when exported.
+    let exported = work.path().join("exported");
+    let o = node.run(&["export", &fx::uid("tests/dicomweb/stow"), exported.to_str().unwrap_or("")])?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(dicom_hashes(&exported)?.len(), 3);
+    Ok(())
+}
+
+#[test]
+fn the_cli_works_on_a_home_that_is_being_served_and_serve_stops_cleanly() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("src");
+    dicomweb_study(&src)?;
+    let node = Node::init("doctor")?;
+    let mut served = node.serve(&[])?;
+
+    // Import, list, show, export, audit: all through the running server.
+    let (code, r) = node.import(&[&src])?;
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["imported"], 8);
+    let studies = node.studies()?;
+    assert_eq!(studies.len(), 1);
+    assert_eq!(studies[0]["patient_name"], "DICOMWEB^TEST");
+    let out = work.path().join("out");
+    // A relative output path is resolved against the CLI's directory, not the server's.
+    let o = node
+        .cmd(&["export", studies[0]["short_id"].as_str().unwrap_or(""), "out"])
+        .current_dir(work.path())
+        .output()?;
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(dicom_hashes(&out)?, dicom_hashes(&src)?);
+    let audit = node.json(&["audit", "--verify", "--json"])?;
+    assert_eq!(audit["verified"], true);
+    // Errors keep their exit codes through the server.
+    let o = node.run(&["show", "no-such-study"])?;
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no study matches"));
+    // And a wrong passphrase is still refused before anything reaches the server.
+    let mut wrong = node.cmd(&["studies"]);
+    wrong.env("DISCLESS_PASSPHRASE", "wrong");
+    let o = wrong.output()?;
+    assert_eq!(o.status.code(), Some(2));
+
+    // The control API needs the token even on loopback.
+    let resp = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .arg(format!("{}/api/control/run", served.url))
+        .args(["-H", "content-type: application/json", "-d", r#"{"args":["studies"],"cwd":"/"}"#])
+        .output()?;
+    assert_eq!(String::from_utf8_lossy(&resp.stdout), "401");
+
+    let status = served.terminate()?;
+    assert!(status.success(), "serve exited with {status}");
+    assert!(!node.home().join("serve.json").exists());
+    // After shutdown the store opens directly again.
+    assert_eq!(node.studies()?.len(), 1);
+    Ok(())
+}
