@@ -7,14 +7,19 @@ cd "$(dirname "$0")/.."
 
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Third-party programs the end-to-end tests drive.
+# Third-party programs the end-to-end tests drive: dcmtk, Chromium (Debian's; playwright-core
+# drives it, no browser download), Node.js for playwright, Python's dicomweb-client.
 apt_missing=()
 [ -x /usr/bin/dcmdump ] || apt_missing+=(dcmtk)
+[ -x /usr/bin/chromium ] || apt_missing+=(chromium)
+command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing: ${apt_missing[*]}"
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
 fi
+python3 -c 'import dicomweb_client' 2>/dev/null || python3 -m pip install -q dicomweb-client
+( cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } )
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

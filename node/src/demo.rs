@@ -51,9 +51,7 @@ fn dicom_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-struct Steps {
-    started: Instant,
-}
+struct Steps;
 
 impl Steps {
     fn step<T>(
@@ -67,7 +65,6 @@ impl Steps {
             "  ✓ {what:<44} {:>7.0} ms   {said}",
             t.elapsed().as_secs_f64() * 1e3
         );
-        self.started = Instant::now();
         Ok(v)
     }
 }
@@ -85,9 +82,7 @@ pub fn run(slices: u32, keep: Option<&Path>) -> Result<(), DemoError> {
             tmp.path().to_path_buf()
         }
     };
-    let mut s = Steps {
-        started: Instant::now(),
-    };
+    let mut s = Steps;
     println!("Discless demo in {}", root.display());
     let modality = root.join("modality");
     let demo = s.step("a modality produces a CT and a radiograph", || {
@@ -109,7 +104,7 @@ pub fn run(slices: u32, keep: Option<&Path>) -> Result<(), DemoError> {
         .unwrap_or(2)
         .min(4);
     s.step("the clinic imports them (encrypted)", || {
-        let r = import::import(&clinic, &[modality.clone()], workers, &|_| {})
+        let r = import::import(&clinic, std::slice::from_ref(&modality), workers, &|_| {})
             .map_err(fail("import"))?;
         if !r.rejected.is_empty() {
             return Err(fail("import")(format!(

@@ -22,7 +22,14 @@ fn dicomweb_study(dir: &Path) -> Result<()> {
         study_instance_uid: fx::uid("tests/dicomweb/main"),
         ..StudySpec::default()
     };
-    fx::ct_series(dir, &study, &SeriesSpec::new(&study.study_instance_uid, 1, "CT"), 5, 64, 64)?;
+    fx::ct_series(
+        dir,
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 1, "CT"),
+        5,
+        64,
+        64,
+    )?;
     let mr = SeriesSpec {
         encoding: Encoding::ImplicitVrLittleEndian,
         ..SeriesSpec::new(&study.study_instance_uid, 2, "MR")
@@ -46,14 +53,27 @@ fn dicomweb_client_searches_retrieves_and_stores() -> Result<()> {
         study_date: "20230301".into(),
         ..StudySpec::default()
     };
-    fx::cr_image(&other, &st, &SeriesSpec::new(&st.study_instance_uid, 1, "CR"), 64, 64)?;
+    fx::cr_image(
+        &other,
+        &st,
+        &SeriesSpec::new(&st.study_instance_uid, 1, "CR"),
+        64,
+        64,
+    )?;
     let stow = work.path().join("stow");
     let st2 = StudySpec {
         patient: patient("STOWED^VIA^WEB", "ST-2"),
         study_instance_uid: fx::uid("tests/dicomweb/stow"),
         ..StudySpec::default()
     };
-    fx::ct_series(&stow, &st2, &SeriesSpec::new(&st2.study_instance_uid, 1, "CT"), 3, 32, 32)?;
+    fx::ct_series(
+        &stow,
+        &st2,
+        &SeriesSpec::new(&st2.study_instance_uid, 1, "CT"),
+        3,
+        32,
+        32,
+    )?;
 
     let node = Node::init("clinic")?;
     let (code, _) = node.import(&[&src, &other])?;
@@ -69,11 +89,18 @@ fn dicomweb_client_searches_retrieves_and_stores() -> Result<()> {
         .output()?;
     let report = String::from_utf8_lossy(&out.stdout);
     eprintln!("{report}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "dicomweb-client checks failed:\n{report}");
+    assert!(
+        out.status.success(),
+        "dicomweb-client checks failed:\n{report}"
+    );
     drop(served);
     // What STOW stored is byte-identical when exported.
     let exported = work.path().join("exported");
-    let o = node.run(&["export", &fx::uid("tests/dicomweb/stow"), exported.to_str().unwrap_or("")])?;
+    let o = node.run(&[
+        "export",
+        &fx::uid("tests/dicomweb/stow"),
+        exported.to_str().unwrap_or(""),
+    ])?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(dicom_hashes(&exported)?.len(), 3);
     Ok(())
@@ -97,7 +124,11 @@ fn the_cli_works_on_a_home_that_is_being_served_and_serve_stops_cleanly() -> Res
     let out = work.path().join("out");
     // A relative output path is resolved against the CLI's directory, not the server's.
     let o = node
-        .cmd(&["export", studies[0]["short_id"].as_str().unwrap_or(""), "out"])
+        .cmd(&[
+            "export",
+            studies[0]["short_id"].as_str().unwrap_or(""),
+            "out",
+        ])
         .current_dir(work.path())
         .output()?;
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -118,7 +149,12 @@ fn the_cli_works_on_a_home_that_is_being_served_and_serve_stops_cleanly() -> Res
     let resp = std::process::Command::new("curl")
         .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
         .arg(format!("{}/api/control/run", served.url))
-        .args(["-H", "content-type: application/json", "-d", r#"{"args":["studies"],"cwd":"/"}"#])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"args":["studies"],"cwd":"/"}"#,
+        ])
         .output()?;
     assert_eq!(String::from_utf8_lossy(&resp.stdout), "401");
 

@@ -160,11 +160,10 @@ pub fn collect(inputs: &[PathBuf]) -> (Vec<Source>, Vec<Rejected>) {
 
 fn is_zip(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    let by_magic = File::open(path)
+    File::open(path)
         .and_then(|mut f| f.read_exact(&mut magic))
         .map(|()| &magic == b"PK\x03\x04" || &magic == b"PK\x05\x06")
-        .unwrap_or(false);
-    by_magic
+        .unwrap_or(false)
 }
 
 fn is_dicomdir_name(path: &Path) -> bool {
@@ -242,7 +241,7 @@ fn add_file(
 /// What a worker made of one source.
 enum Outcome {
     Sealed {
-        pending: PendingInstance,
+        pending: Box<PendingInstance>,
         shard: Option<PathBuf>,
         resumed: bool,
         display: String,
@@ -310,9 +309,8 @@ pub fn run(
             });
         }
         drop(tx);
-        let mut done = 0;
-        for outcome in rx {
-            done += 1;
+        for (n, outcome) in rx.into_iter().enumerate() {
+            let done = n + 1;
             match outcome {
                 Outcome::Sealed {
                     pending,
@@ -483,7 +481,7 @@ fn process(
             if let Ok(h) = plain_hash() {
                 if h == p.instance.plaintext_hash {
                     return Outcome::Sealed {
-                        pending: p,
+                        pending: Box::new(p),
                         shard: None,
                         resumed: true,
                         display,
@@ -527,11 +525,11 @@ fn process(
     instance.plaintext_hash = sealed.plaintext_hash.to_hex().to_string();
     instance.imported_unix = crate::store::records::now_unix_secs();
     Outcome::Sealed {
-        pending: PendingInstance {
+        pending: Box::new(PendingInstance {
             instance,
             study,
             metadata,
-        },
+        }),
         shard: Some(shard),
         resumed: false,
         display,

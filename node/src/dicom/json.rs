@@ -153,7 +153,7 @@ where
     let mut o = Map::new();
     o.insert("vr".into(), Json::String(vr_s.to_owned()));
     let all_empty_strings = values.iter().all(|v| v.as_str() == Some(""));
-    if !values.is_empty() && !(all_empty_strings && vr != VR::SQ) {
+    if !(values.is_empty() || (all_empty_strings && vr != VR::SQ)) {
         o.insert("Value".into(), Json::Array(values));
     }
     Some(Json::Object(o))

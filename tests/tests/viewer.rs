@@ -1,0 +1,68 @@
+//! The web viewer in real headless Chromium (Debian's, driven by playwright-core), against a real
+//! `discless serve`: phone and desktop, slice scrolling, window/level, pixels equal to the
+//! server's own rendering, a length measurement in mm. Screenshots go to
+//! `target/browser-screenshots/`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use discless_fixtures::{self as fx, SeriesSpec, StudySpec};
+use discless_tests::{require_tool, workspace_root, Node};
+
+fn browser_ready() -> Option<PathBuf> {
+    require_tool("/usr/bin/chromium")?;
+    let dir = workspace_root().join("tests/browser");
+    if dir.join("node_modules/playwright-core").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "tests/browser/node_modules is missing under CI=true: tests/run.sh runs `npm ci` there"
+        );
+    }
+    eprintln!("SKIPPED: run `npm ci` in tests/browser (tests/run.sh does)");
+    None
+}
+
+#[test]
+fn viewer_scrolls_windows_and_measures_on_phone_and_desktop() -> Result<()> {
+    let Some(browser_dir) = browser_ready() else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let study = StudySpec {
+        study_instance_uid: fx::uid("tests/viewer/ct"),
+        ..StudySpec::default()
+    };
+    fx::ct_series(
+        work.path(),
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
+        24,
+        256,
+        256,
+    )?;
+    let node = Node::init("doctor")?;
+    let (code, r) = node.import(&[work.path()])?;
+    assert_eq!(code, 0, "{r}");
+    let served = node.serve(&[])?;
+    let shots = workspace_root().join("target/browser-screenshots");
+    std::fs::create_dir_all(&shots)?;
+    let out = std::process::Command::new("node")
+        .current_dir(&browser_dir)
+        .arg("viewer.mjs")
+        .args(["--base", &served.url, "--study", &study.study_instance_uid])
+        .arg("--out")
+        .arg(&shots)
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+    assert!(out.status.success(), "viewer checks failed:\n{report}");
+    let v: serde_json::Value = serde_json::from_str(&report)?;
+    assert_eq!(v["ok"], true);
+    for f in ["viewer-phone.png", "viewer-desktop.png"] {
+        assert!(shots.join(f).is_file(), "missing screenshot {f}");
+    }
+    Ok(())
+}
