@@ -161,3 +161,115 @@ pub async fn spawn(store: Store, config: Config, token: String) -> Result<Handle
     });
     Ok(Handle { addr, cancel, task })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path().join("home"));
+        let keys =
+            crate::keystore::create(&home.keystore(), b"pw", "t", crate::keystore::Role::Doctor)
+                .unwrap();
+        let s = Store::open(&home, keys).unwrap();
+        (dir, s)
+    }
+
+    async fn status(app: &Router, uri: &str, token: Option<&str>) -> StatusCode {
+        let mut req = Request::builder().uri(uri);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        app.clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_everything_needs_the_token() {
+        let (_d, s) = store();
+        let app = router(AppState::new(s, "secret-token".into(), true), &[]);
+        for uri in [
+            "/api/studies",
+            "/dicomweb/studies",
+            "/api/node",
+            "/dicomweb/series",
+        ] {
+            assert_eq!(
+                status(&app, uri, None).await,
+                StatusCode::UNAUTHORIZED,
+                "{uri}"
+            );
+            assert_eq!(
+                status(&app, uri, Some("wrong")).await,
+                StatusCode::UNAUTHORIZED,
+                "{uri}"
+            );
+            assert_eq!(
+                status(&app, uri, Some("secret-token")).await,
+                StatusCode::OK,
+                "{uri}"
+            );
+        }
+        // Pages redirect to the login form instead.
+        assert_eq!(status(&app, "/", None).await, StatusCode::SEE_OTHER);
+        assert_eq!(status(&app, "/login", None).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn on_loopback_only_the_control_api_needs_the_token() {
+        let (_d, s) = store();
+        let app = router(AppState::new(s, "t0k3n".into(), false), &[]);
+        assert_eq!(status(&app, "/api/studies", None).await, StatusCode::OK);
+        assert_eq!(
+            status(&app, "/dicomweb/studies", None).await,
+            StatusCode::OK
+        );
+        let req = Request::builder()
+            .method("POST")
+            .uri("/api/control/run")
+            .header("content-type", "application/json")
+            .body(Body::from(r#"{"args":["studies"],"cwd":"/"}"#))
+            .unwrap();
+        let r = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
+    async fn unknown_resources_are_clean_json_404s() {
+        let (_d, s) = store();
+        let app = router(AppState::new(s, "t".into(), false), &[]);
+        assert_eq!(
+            status(&app, "/dicomweb/studies/1.2.3/metadata", None).await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(
+                &app,
+                "/dicomweb/studies/1.2.3/series/4/instances/5/frames/1",
+                None
+            )
+            .await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(&app, "/api/studies/1.2.3", None).await,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            status(
+                &app,
+                "/dicomweb/studies/1.2.3/series/4/instances/5/frames/x",
+                None
+            )
+            .await,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}
