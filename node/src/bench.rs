@@ -152,3 +152,83 @@ pub fn import(input: Option<&Path>, slices: u32, workers: usize) -> Result<Impor
         meets_targets: ratio >= TARGET_RATIO && peak.is_some_and(|p| p < TARGET_RSS_MB),
     })
 }
+
+/// One storage backend's figures in [`blobs`].
+#[derive(Debug, Serialize)]
+pub struct BackendFigures {
+    pub backend: &'static str,
+    pub mb_per_s: f64,
+    pub disk_bytes: u64,
+    pub disk_ratio: f64,
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// `bench blobs`: where sealed blob bytes should live, measured: 1 MiB values in sled against
+/// plain files with one `syncfs`, same bytes, same process, one after the other (files first,
+/// so that sled's retained heap does not count against them).
+#[derive(Debug, Serialize)]
+pub struct BlobsBench {
+    pub bench: &'static str,
+    pub bytes: u64,
+    pub sled: BackendFigures,
+    pub files: BackendFigures,
+    pub files_speedup: f64,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Runs the blob-backend comparison over `mib` MiB.
+pub fn blobs(mib: u64) -> Result<BlobsBench, String> {
+    let scratch = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let bytes = mib << 20;
+    let chunk: Vec<u8> = (0..1usize << 20).map(|i| (i * 31 + 7) as u8).collect();
+
+    reset_peak_rss();
+    let files_dir = scratch.path().join("files");
+    let files_mbs = plain_write_sync_mb_per_s(&files_dir, bytes)?;
+    let files_rss = peak_rss_mb();
+    let files_disk = dir_bytes(&files_dir);
+    reset_peak_rss();
+    let sled_dir = scratch.path().join("sled");
+    let start = Instant::now();
+    {
+        let db = sled::open(&sled_dir).map_err(|e| e.to_string())?;
+        for i in 0..mib {
+            db.insert(i.to_be_bytes(), chunk.as_slice())
+                .map_err(|e| e.to_string())?;
+        }
+        db.flush().map_err(|e| e.to_string())?;
+    }
+    let sled_s = start.elapsed().as_secs_f64();
+    let sled_rss = peak_rss_mb();
+    let sled_disk = dir_bytes(&sled_dir);
+
+    let sled_mbs = mb(bytes, sled_s);
+    Ok(BlobsBench {
+        bench: "blobs",
+        bytes,
+        sled: BackendFigures {
+            backend: "sled 0.34, 1 MiB values, flush",
+            mb_per_s: sled_mbs,
+            disk_bytes: sled_disk,
+            disk_ratio: sled_disk as f64 / bytes as f64,
+            peak_rss_mb: sled_rss,
+        },
+        files: BackendFigures {
+            backend: "plain files of 1 MiB, syncfs",
+            mb_per_s: files_mbs,
+            disk_bytes: files_disk,
+            disk_ratio: files_disk as f64 / bytes as f64,
+            peak_rss_mb: files_rss,
+        },
+        files_speedup: files_mbs / sled_mbs,
+    })
+}

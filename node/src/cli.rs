@@ -140,6 +140,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Where blob bytes should live: 1 MiB values in sled vs plain files (throughput, disk, RSS).
+    Blobs {
+        /// MiB to write with each backend.
+        #[arg(long, default_value_t = 512)]
+        mib: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Import throughput and memory against raw XChaCha20-Poly1305 sealing.
     Import {
         /// Import this folder instead of a generated CT series.
@@ -256,6 +264,11 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             check: _,
         } => {
             crate::demo::run(slices, keep.as_deref())?;
+            Ok(Outcome::Success)
+        }
+        Command::Bench(BenchCommand::Blobs { mib, json: _ }) => {
+            let r = crate::bench::blobs(mib).map_err(CliError::Bench)?;
+            output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }
         Command::Bench(BenchCommand::Import {
