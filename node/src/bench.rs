@@ -16,7 +16,7 @@ use crate::crypto::{blob, SecretKey};
 use crate::dicom::import;
 use crate::home::Home;
 use crate::keystore::{self, Role};
-use crate::store::Store;
+use crate::store::{InstanceRecord, Store};
 
 /// Targets from the store issue: import at ≥ 40% of raw sealing, RSS under 200 MB.
 const TARGET_RATIO: f64 = 0.4;
@@ -231,4 +231,147 @@ pub fn blobs(mib: u64) -> Result<BlobsBench, String> {
         },
         files_speedup: files_mbs / sled_mbs,
     })
+}
+
+/// Latency summary in milliseconds.
+#[derive(Debug, Serialize)]
+pub struct Latency {
+    pub n: usize,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+}
+
+fn latency(mut v: Vec<f64>) -> Latency {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Latency {
+        n: v.len(),
+        median_ms: at(0.5),
+        p95_ms: at(0.95),
+    }
+}
+
+/// `bench serve` figures.
+#[derive(Debug, Serialize)]
+pub struct ServeBench {
+    pub bench: &'static str,
+    pub input: String,
+    pub instances: u64,
+    pub study_bytes: u64,
+    pub first_image_ms: f64,
+    pub rendered_png: Latency,
+    pub rendered_jpeg: Latency,
+    pub wado_study_mb_per_s: f64,
+    pub qido_study_search: Latency,
+    pub series_metadata: Latency,
+    /// Orthanc is not run by this benchmark yet (see the viewer issue's note).
+    pub reference: Option<serde_json::Value>,
+    pub target_first_image_ms: f64,
+}
+
+fn get(url: &str, accept: &str) -> Result<(f64, u64), String> {
+    let t = Instant::now();
+    let mut r = ureq::get(url)
+        .header("Accept", accept)
+        .call()
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let mut sink = std::io::sink();
+    let n = std::io::copy(&mut r.body_mut().as_reader(), &mut sink).map_err(|e| e.to_string())?;
+    Ok((t.elapsed().as_secs_f64() * 1e3, n))
+}
+
+/// Runs the serving benchmark on a generated CT of `slices` 512x512 slices.
+pub fn serve(slices: u32) -> Result<ServeBench, String> {
+    let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
+    let dir = scratch.path().join("input");
+    let study = discless_fixtures::StudySpec::default();
+    let series = discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
+    discless_fixtures::ct_series(&dir, &study, &series, slices, 512, 512)
+        .map_err(|e| format!("generating the CT series: {e}"))?;
+    let home = Home::new(scratch.path().join("home"));
+    let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", Role::Doctor)
+        .map_err(|e| e.to_string())?;
+    let store = Store::open(&home, keys).map_err(|e| e.to_string())?;
+    let report = import::import(&store, &[dir], 2, &|_| {}).map_err(|e| e.to_string())?;
+    let instances = store
+        .instances(&study.study_instance_uid)
+        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let cfg = crate::http::Config {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        cors_origins: Vec::new(),
+    };
+    let handle = rt
+        .block_on(crate::http::spawn(store.clone(), cfg, "bench".into()))
+        .map_err(|e| e.to_string())?;
+    let base = format!("http://{}/dicomweb", handle.addr);
+    let st = &study.study_instance_uid;
+    let se = &series.series_instance_uid;
+    let frame_url = |i: &InstanceRecord| {
+        format!(
+            "{base}/studies/{st}/series/{se}/instances/{}/frames/1/rendered",
+            i.sop_instance_uid
+        )
+    };
+    let result = (|| -> Result<ServeBench, String> {
+        let mid = instances
+            .get(instances.len() / 2)
+            .ok_or("no instances imported")?;
+        let (first, _) = get(&frame_url(mid), "image/png")?;
+        let mut png = Vec::new();
+        let mut jpeg = Vec::new();
+        for i in instances.iter().take(100) {
+            png.push(get(&format!("{}?window=40,400", frame_url(i)), "image/png")?.0);
+            jpeg.push(get(&format!("{}?window=40,400", frame_url(i)), "image/jpeg")?.0);
+        }
+        let t = Instant::now();
+        let (_, n) = get(
+            &format!("{base}/studies/{st}"),
+            "multipart/related; type=\"application/dicom\"",
+        )?;
+        let wado = mb(n, t.elapsed().as_secs_f64());
+        let mut qido = Vec::new();
+        for _ in 0..50 {
+            qido.push(
+                get(
+                    &format!("{base}/studies?StudyInstanceUID={st}"),
+                    "application/dicom+json",
+                )?
+                .0,
+            );
+        }
+        let mut meta = Vec::new();
+        for _ in 0..10 {
+            meta.push(
+                get(
+                    &format!("{base}/studies/{st}/series/{se}/metadata"),
+                    "application/dicom+json",
+                )?
+                .0,
+            );
+        }
+        Ok(ServeBench {
+            bench: "serve",
+            input: format!("generated CT, {slices} slices of 512x512"),
+            instances: report.imported,
+            study_bytes: report.bytes,
+            first_image_ms: first,
+            rendered_png: latency(png),
+            rendered_jpeg: latency(jpeg),
+            wado_study_mb_per_s: wado,
+            qido_study_search: latency(qido),
+            series_metadata: latency(meta),
+            reference: None,
+            target_first_image_ms: 150.0,
+        })
+    })();
+    let _ = rt.block_on(handle.shutdown());
+    result
 }

@@ -140,6 +140,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// Serving a 512x512 CT: first image, rendered-frame latency, WADO-RS, QIDO, metadata.
+    Serve {
+        /// Slices of the generated CT series.
+        #[arg(long, default_value_t = 300)]
+        instances: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Where blob bytes should live: 1 MiB values in sled vs plain files (throughput, disk, RSS).
     Blobs {
         /// MiB to write with each backend.
@@ -264,6 +272,11 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             check: _,
         } => {
             crate::demo::run(slices, keep.as_deref())?;
+            Ok(Outcome::Success)
+        }
+        Command::Bench(BenchCommand::Serve { instances, json: _ }) => {
+            let r = crate::bench::serve(instances).map_err(CliError::Bench)?;
+            output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }
         Command::Bench(BenchCommand::Blobs { mib, json: _ }) => {
