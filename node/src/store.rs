@@ -140,7 +140,7 @@ impl Store {
             })?;
         let index = db.open_tree("index")?;
         let blobs = Blobs::new(home.blobs(), home.tmp());
-        blobs.clear_tmp()?;
+        blobs.prepare()?;
         let audit = Audit::new(index.clone(), keys.storage.clone());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -317,7 +317,9 @@ impl Store {
         sop_uids: &[String],
         blob_dirs: &BTreeSet<PathBuf>,
     ) -> Result<CommitSummary, StoreError> {
-        self.inner.blobs.sync(blob_dirs)?;
+        if !sop_uids.is_empty() {
+            self.inner.blobs.sync(blob_dirs)?;
+        }
         let _g = self
             .inner
             .write_lock

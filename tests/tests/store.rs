@@ -368,7 +368,12 @@ fn bad_files_are_listed_with_reasons_and_the_rest_imports() -> Result<()> {
     );
     assert_eq!(node.studies()?[0]["instance_count"], 11);
 
-    // A missing path is reported too, and the human output names the files.
+    // A missing path is reported too, and the human output names the files, also on a fresh
+    // node that has never stored a blob.
+    let fresh = Node::init("patient")?;
+    let (code, r) = fresh.import(&[Path::new("/nonexistent/discless-test")])?;
+    assert_eq!(code, 1, "{r}");
+    assert_eq!(r["imported"], 0);
     let o = node.run(&["import", "/nonexistent/discless-test"])?;
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no such file or directory"));

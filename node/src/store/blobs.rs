@@ -78,8 +78,10 @@ impl Blobs {
         }
     }
 
-    /// Empties `tmp/`: whatever is there belongs to a process that died mid-write.
-    pub fn clear_tmp(&self) -> io::Result<()> {
+    /// Creates the blob directory and empties `tmp/`: whatever is there belongs to a process
+    /// that died mid-write.
+    pub fn prepare(&self) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
         if let Ok(rd) = fs::read_dir(&self.tmp) {
             for e in rd.flatten() {
                 let _ = fs::remove_file(e.path());
