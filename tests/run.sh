@@ -11,6 +11,7 @@ sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # drives it, no browser download), Node.js for playwright, Python's dicomweb-client.
 apt_missing=()
 [ -x /usr/bin/dcmdump ] || apt_missing+=(dcmtk)
+[ -x /usr/bin/gdcmconv ] || apt_missing+=(libgdcm-tools)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 if [ ${#apt_missing[@]} -gt 0 ]; then

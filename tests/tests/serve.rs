@@ -165,3 +165,49 @@ fn the_cli_works_on_a_home_that_is_being_served_and_serve_stops_cleanly() -> Res
     assert_eq!(node.studies()?.len(), 1);
     Ok(())
 }
+
+#[test]
+fn an_undecodable_frame_is_a_clean_json_error_and_the_server_stays_up() -> Result<()> {
+    let Some(corpus) = discless_tests::corpus() else {
+        eprintln!("SKIPPED: ../shared/corpus is not present");
+        return Ok(());
+    };
+    // 12-bit lossy JPEG: stored and served byte for byte, but no pure-Rust decoder renders it.
+    let node = Node::init("doctor")?;
+    let (code, r) = node.import(&[
+        &corpus.join("wg04/JPLY/MR1_JPLY"),
+        &corpus.join("wg04/REF/MR1_UNC"),
+    ])?;
+    assert_eq!(code, 0, "{r}");
+    let show = node.json(&["show", r["studies"][0].as_str().unwrap_or(""), "--json"])?;
+    let served = node.serve(&[])?;
+    let mut seen = 0;
+    for series in show["series"].as_array().cloned().unwrap_or_default() {
+        for i in series["instances"].as_array().cloned().unwrap_or_default() {
+            let url = format!(
+                "{}/dicomweb/studies/{}/series/{}/instances/{}/frames/1/rendered",
+                served.url,
+                show["study_instance_uid"].as_str().unwrap_or(""),
+                series["series_instance_uid"].as_str().unwrap_or(""),
+                i["sop_instance_uid"].as_str().unwrap_or("")
+            );
+            let o = std::process::Command::new("curl")
+                .args(["-s", "-w", "\n%{http_code}", &url])
+                .output()?;
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
+            if i["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.51" {
+                assert_eq!(status, "501", "{body}");
+                let v: serde_json::Value = serde_json::from_str(body)?;
+                assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+                seen += 1;
+            } else {
+                assert_eq!(status, "200", "{body}");
+            }
+        }
+    }
+    assert!(seen > 0, "no 12-bit JPEG instance found in {show}");
+    // Still serving.
+    assert_eq!(node.studies()?.len(), 1);
+    Ok(())
+}

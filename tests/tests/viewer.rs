@@ -39,8 +39,8 @@ fn viewer_scrolls_windows_and_measures_on_phone_and_desktop() -> Result<()> {
         &study,
         &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
         24,
-        256,
-        256,
+        512,
+        512,
     )?;
     let node = Node::init("doctor")?;
     let (code, r) = node.import(&[work.path()])?;

@@ -235,10 +235,8 @@ pub(super) async fn frames(
     let bare = frames.len() == 1 && acc.starts_with("application/octet-stream");
     blocking(&state, move |store| {
         let bytes = load(store, &study, &series, &sop)?;
-        let mut parts = Vec::with_capacity(frames.len());
-        for f in &frames {
-            parts.push(render::raw_frame(&bytes, f - 1).map_err(render_error)?);
-        }
+        let zero_based: Vec<u32> = frames.iter().map(|f| f - 1).collect();
+        let mut parts = render::raw_frames(&bytes, &zero_based).map_err(render_error)?;
         if bare {
             let body = parts.pop().unwrap_or_default();
             return Ok(([(header::CONTENT_TYPE, "application/octet-stream".to_owned())], body).into_response());
@@ -447,11 +445,10 @@ pub(super) async fn bulkdata(
         let bytes = load(store, &study, &series, &sop)?;
         let body = if tag == dicom_dictionary_std::tags::PIXEL_DATA {
             let info = render::info(&bytes).map_err(render_error)?;
-            let mut all = Vec::new();
-            for f in 0..info.frames.max(1) {
-                all.extend(render::raw_frame(&bytes, f).map_err(render_error)?);
-            }
-            all
+            let all: Vec<u32> = (0..info.frames.max(1)).collect();
+            render::raw_frames(&bytes, &all)
+                .map_err(render_error)?
+                .concat()
         } else {
             let obj = dicom_object::OpenFileOptions::new()
                 .from_reader(&bytes[..])
