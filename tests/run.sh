@@ -30,4 +30,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
-./target/debug/discless demo --check
+cargo run -q -p discless -- demo --check
