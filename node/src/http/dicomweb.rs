@@ -75,6 +75,15 @@ pub(super) fn router() -> Router<AppState> {
         )
 }
 
+/// The DICOMweb base URL as the client addressed us (for RetrieveURL and BulkDataURI values).
+fn base_url(headers: &axum::http::HeaderMap) -> String {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    format!("http://{host}/dicomweb")
+}
+
 async fn not_allowed() -> super::ApiError {
     super::ApiError::new(
         axum::http::StatusCode::METHOD_NOT_ALLOWED,

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::super::api::blocking;
 use super::super::{ApiError, ApiResult, AppState};
+use super::base_url;
 use crate::store::{InstanceRecord, SeriesSummary, StudyRecord};
 
 type Params = Vec<(String, String)>;
@@ -170,14 +171,6 @@ fn n(vr: &str, v: Option<i64>) -> Value {
         Some(x) => json!({ "vr": vr, "Value": [x] }),
         None => json!({ "vr": vr }),
     }
-}
-
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}/dicomweb")
 }
 
 fn study_json(st: &StudyRecord, base: &str) -> Map<String, Value> {

@@ -68,12 +68,7 @@ async fn stow(
     body: Body,
 ) -> ApiResult<Response> {
     let boundary = boundary(&headers)?;
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost")
-        .to_owned();
-    let base = format!("http://{host}/dicomweb");
+    let base = super::base_url(&headers);
     let stream = body.into_data_stream().map_err(std::io::Error::other);
     let mut parts = multer::Multipart::new(stream, boundary);
     let mut spooled: Vec<tempfile::TempPath> = Vec::new();

@@ -7,18 +7,11 @@ use serde::Deserialize;
 
 use super::super::api::{blocking, instance_bytes};
 use super::super::{ApiError, ApiResult, AppState};
+use super::base_url;
 use super::multipart::{self, BodyWriter};
 use crate::dicom::export;
 use crate::render;
 use crate::store::{InstanceRecord, Store};
-
-fn base_url(headers: &HeaderMap) -> String {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    format!("http://{host}/dicomweb")
-}
 
 fn accept(headers: &HeaderMap) -> String {
     headers
