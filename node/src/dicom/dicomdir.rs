@@ -340,6 +340,81 @@ fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, ParseError> {
     records.ok_or_else(|| malformed(pos, "no Directory Record Sequence (0004,1220)"))
 }
 
+/// Checks, without allocating for any value, that every element length of a Part-10 file in
+/// little endian (explicit or implicit VR) fits inside what contains it, descending into
+/// sequences. Other transfer syntaxes (big endian, deflate) are not checked here.
+///
+/// The importer runs this before dicom-object parses, because dicom-parser 0.10 fills a
+/// buffer of the declared size before reading: one corrupt length in a 7 KB file made it
+/// allocate and zero 4 GB. The DICOMDIR reader above is built on the same walker.
+pub(crate) fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+    let mut pos = if bytes.get(128..132) == Some(b"DICM") {
+        132
+    } else if bytes.get(..4) == Some(b"DICM") {
+        4
+    } else {
+        return Ok(()); // not ours to judge: the parser reports "not DICOM"
+    };
+    let meta = Walker {
+        bytes,
+        explicit: true,
+    };
+    let mut transfer_syntax = String::new();
+    while let Some(tag) = bytes.get(pos..pos + 4).map(|_| tag_at(bytes, pos)) {
+        if tag.group() != 0x0002 {
+            break;
+        }
+        let h = meta.header(pos, bytes.len()).map_err(reason)?;
+        if tag == tags::TRANSFER_SYNTAX_UID {
+            transfer_syntax = text(h.value(bytes).map_err(reason)?);
+        }
+        pos = h.end;
+    }
+    let explicit = match trim_value(&transfer_syntax) {
+        uids::IMPLICIT_VR_LITTLE_ENDIAN => false,
+        // Explicit VR big endian (retired) and deflate: not walked here.
+        "1.2.840.10008.1.2.2" | uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => return Ok(()),
+        _ => true,
+    };
+    let walker = Walker { bytes, explicit };
+    walker
+        .nested(pos, Until::End(bytes.len()), 0)
+        .map(|_| ())
+        .map_err(reason)
+}
+
+fn reason(e: ParseError) -> String {
+    match e {
+        ParseError::Malformed(r) | ParseError::NotDicomdir(r) => r,
+    }
+}
+
+impl Walker<'_> {
+    /// Like `dataset`, but also descends into explicit-VR sequences of defined length.
+    fn nested(&self, pos: usize, until: Until, depth: usize) -> Result<usize, ParseError> {
+        if depth > MAX_DEPTH {
+            return Err(malformed(
+                pos,
+                &format!("nested deeper than {MAX_DEPTH} levels"),
+            ));
+        }
+        self.dataset(pos, until, depth, &mut |h| {
+            if &h.vr == b"SQ" && h.len != UNDEFINED {
+                self.sequence(
+                    h.value_start,
+                    Until::End(h.end),
+                    depth + 1,
+                    &mut |s, u| match u {
+                        Until::End(_) => self.nested(s, u, depth + 2),
+                        Until::Delimiter => self.skip_item(s, u, depth + 2),
+                    },
+                )?;
+            }
+            Ok(())
+        })
+    }
+}
+
 fn malformed(pos: usize, reason: &str) -> ParseError {
     ParseError::Malformed(format!("at byte {pos}: {reason}"))
 }

@@ -91,6 +91,7 @@ fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
 /// Parses a whole file held in memory (checks it is complete).
 pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, ParseError> {
     precheck(bytes)?;
+    super::dicomdir::check_lengths(bytes).map_err(ParseError::Broken)?;
     let obj = OpenFileOptions::new()
         .from_reader(bytes)
         .map_err(|e| ParseError::Broken(flatten_error(&e)))?;
@@ -243,6 +244,29 @@ mod tests {
         garbage.extend_from_slice(b"DICM");
         garbage.extend((0..500).map(|i| (i * 13) as u8));
         assert!(matches!(parse_bytes(&garbage), Err(ParseError::Broken(_))));
+    }
+
+    #[test]
+    fn a_huge_declared_length_is_refused_before_parsing() {
+        // Meta group + one OB element claiming ~4 GB in a tiny file: dicom-parser would
+        // allocate the whole declared length; the length check refuses it first.
+        let mut v = vec![0u8; 128];
+        v.extend_from_slice(b"DICM");
+        let ts = b"1.2.840.10008.1.2.1\0";
+        let mut meta = Vec::new();
+        meta.extend_from_slice(&[0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        meta.extend_from_slice(&(ts.len() as u16).to_le_bytes());
+        meta.extend_from_slice(ts);
+        v.extend_from_slice(&[0x02, 0x00, 0x00, 0x00, b'U', b'L', 4, 0]);
+        v.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+        v.extend_from_slice(&meta);
+        v.extend_from_slice(&[0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0]);
+        v.extend_from_slice(&0xFFFF_FFF0u32.to_le_bytes());
+        v.extend_from_slice(&[0u8; 64]);
+        match parse_bytes(&v) {
+            Err(ParseError::Broken(r)) => assert!(r.contains("past its container"), "{r}"),
+            other => panic!("expected a broken-file error, got {other:?}"),
+        }
     }
 
     #[test]
