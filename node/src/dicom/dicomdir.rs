@@ -342,18 +342,19 @@ fn parse(bytes: &[u8]) -> Result<Vec<RawRecord>, ParseError> {
 
 /// Checks, without allocating for any value, that every element length of a Part-10 file in
 /// little endian (explicit or implicit VR) fits inside what contains it, descending into
-/// sequences. Other transfer syntaxes (big endian, deflate) are not checked here.
+/// sequences. Other transfer syntaxes (big endian, deflate) are not checked here. Returns
+/// whether the whole data set was walked (so it is known to be complete).
 ///
 /// The importer runs this before dicom-object parses, because dicom-parser 0.10 fills a
 /// buffer of the declared size before reading: one corrupt length in a 7 KB file made it
 /// allocate and zero 4 GB. The DICOMDIR reader above is built on the same walker.
-pub(crate) fn check_lengths(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check_lengths(bytes: &[u8]) -> Result<bool, String> {
     let mut pos = if bytes.get(128..132) == Some(b"DICM") {
         132
     } else if bytes.get(..4) == Some(b"DICM") {
         4
     } else {
-        return Ok(()); // not ours to judge: the parser reports "not DICOM"
+        return Ok(false); // not ours to judge: the parser reports "not DICOM"
     };
     let meta = Walker {
         bytes,
@@ -373,13 +374,13 @@ pub(crate) fn check_lengths(bytes: &[u8]) -> Result<(), String> {
     let explicit = match trim_value(&transfer_syntax) {
         uids::IMPLICIT_VR_LITTLE_ENDIAN => false,
         // Explicit VR big endian (retired) and deflate: not walked here.
-        "1.2.840.10008.1.2.2" | uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => return Ok(()),
+        "1.2.840.10008.1.2.2" | uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN => return Ok(false),
         _ => true,
     };
     let walker = Walker { bytes, explicit };
     walker
         .nested(pos, Until::End(bytes.len()), 0)
-        .map(|_| ())
+        .map(|_| true)
         .map_err(reason)
 }
 

@@ -91,8 +91,16 @@ fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
 /// Parses a whole file held in memory (checks it is complete).
 pub fn parse_bytes(bytes: &[u8]) -> Result<Parsed, ParseError> {
     precheck(bytes)?;
-    super::dicomdir::check_lengths(bytes).map_err(ParseError::Broken)?;
-    let obj = OpenFileOptions::new()
+    let walked = super::dicomdir::check_lengths(bytes).map_err(ParseError::Broken)?;
+    // When the length walk covered the whole data set, the file is known to be complete, and
+    // the attributes we index all come before Pixel Data: parsing stops there, which spares
+    // a copy and conversion of the pixels. Otherwise the full parse is the completeness check.
+    let opts = if walked {
+        OpenFileOptions::new().read_until(tags::PIXEL_DATA)
+    } else {
+        OpenFileOptions::new()
+    };
+    let obj = opts
         .from_reader(bytes)
         .map_err(|e| ParseError::Broken(flatten_error(&e)))?;
     extract(&obj, bytes.len() as u64)
