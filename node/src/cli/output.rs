@@ -163,13 +163,9 @@ pub(super) fn import(w: &mut dyn Write, r: &import::Report, as_json: bool) -> io
     Ok(())
 }
 
-fn row(s: &StudyRecord) -> StudySummary {
-    StudySummary::from(s)
-}
-
 pub(super) fn studies(w: &mut dyn Write, list: &[StudyRecord], as_json: bool) -> io::Result<()> {
     if as_json {
-        return json(w, &list.iter().map(row).collect::<Vec<_>>());
+        return json(w, &list.iter().map(StudySummary::from).collect::<Vec<_>>());
     }
     if list.is_empty() {
         out!(
@@ -241,7 +237,7 @@ pub(super) fn show(
         return json(
             w,
             &Show {
-                study: row(s),
+                study: StudySummary::from(s),
                 series,
             },
         );

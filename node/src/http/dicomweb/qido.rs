@@ -319,34 +319,23 @@ fn include_all(
     }
 }
 
-pub(super) async fn studies(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(params): Query<Params>,
+/// The shape shared by every QIDO handler: parse the query, search off the async threads, page.
+async fn answer(
+    state: AppState,
+    headers: &HeaderMap,
+    params: &Params,
+    search: impl FnOnce(&crate::store::Store, &Query_, &str) -> ApiResult<Vec<Map<String, Value>>>
+        + Send
+        + 'static,
 ) -> ApiResult<Response> {
-    let q = parse(&params)?;
-    let base = base_url(&headers);
-    blocking(&state, move |store| {
-        let out: Vec<_> = store
-            .studies()?
-            .iter()
-            .map(|st| study_json(st, &base))
-            .filter(|m| keep(m, &q))
-            .collect();
-        Ok(page(out, &q))
-    })
-    .await
+    let q = parse(params)?;
+    let base = base_url(headers);
+    blocking(&state, move |store| Ok(page(search(store, &q, &base)?, &q))).await
 }
 
-fn series_of(
-    store: &crate::store::Store,
-    studies: Vec<StudyRecord>,
-    q: &Query_,
-    base: &str,
-) -> Vec<Map<String, Value>> {
-    let _ = store;
+fn series_of(studies: &[StudyRecord], q: &Query_, base: &str) -> Vec<Map<String, Value>> {
     let mut out = Vec::new();
-    for st in &studies {
+    for st in studies {
         let sm = study_json(st, base);
         for se in &st.series {
             let mut m = series_json(st, se, base);
@@ -367,35 +356,6 @@ fn study_or_404(store: &crate::store::Store, uid: &str) -> ApiResult<StudyRecord
     store
         .study(uid)?
         .ok_or_else(|| ApiError::not_found("no such study"))
-}
-
-pub(super) async fn all_series(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(params): Query<Params>,
-) -> ApiResult<Response> {
-    let q = parse(&params)?;
-    let base = base_url(&headers);
-    blocking(&state, move |store| {
-        let v = series_of(store, store.studies()?, &q, &base);
-        Ok(page(v, &q))
-    })
-    .await
-}
-
-pub(super) async fn study_series(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Path(study): Path<String>,
-    Query(params): Query<Params>,
-) -> ApiResult<Response> {
-    let q = parse(&params)?;
-    let base = base_url(&headers);
-    blocking(&state, move |store| {
-        let st = study_or_404(store, &study)?;
-        Ok(page(series_of(store, vec![st], &q, &base), &q))
-    })
-    .await
 }
 
 fn instances_of(
@@ -428,16 +388,52 @@ fn instances_of(
     Ok(out)
 }
 
+pub(super) async fn studies(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult<Response> {
+    answer(state, &headers, &params, |store, q, base| {
+        Ok(store
+            .studies()?
+            .iter()
+            .map(|st| study_json(st, base))
+            .filter(|m| keep(m, q))
+            .collect())
+    })
+    .await
+}
+
+pub(super) async fn all_series(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(params): Query<Params>,
+) -> ApiResult<Response> {
+    answer(state, &headers, &params, |store, q, base| {
+        Ok(series_of(&store.studies()?, q, base))
+    })
+    .await
+}
+
+pub(super) async fn study_series(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(study): Path<String>,
+    Query(params): Query<Params>,
+) -> ApiResult<Response> {
+    answer(state, &headers, &params, move |store, q, base| {
+        Ok(series_of(&[study_or_404(store, &study)?], q, base))
+    })
+    .await
+}
+
 pub(super) async fn all_instances(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<Params>,
 ) -> ApiResult<Response> {
-    let q = parse(&params)?;
-    let base = base_url(&headers);
-    blocking(&state, move |store| {
-        let studies = store.studies()?;
-        Ok(page(instances_of(store, &studies, None, &q, &base)?, &q))
+    answer(state, &headers, &params, |store, q, base| {
+        instances_of(store, &store.studies()?, None, q, base)
     })
     .await
 }
@@ -448,11 +444,8 @@ pub(super) async fn study_instances(
     Path(study): Path<String>,
     Query(params): Query<Params>,
 ) -> ApiResult<Response> {
-    let q = parse(&params)?;
-    let base = base_url(&headers);
-    blocking(&state, move |store| {
-        let st = study_or_404(store, &study)?;
-        Ok(page(instances_of(store, &[st], None, &q, &base)?, &q))
+    answer(state, &headers, &params, move |store, q, base| {
+        instances_of(store, &[study_or_404(store, &study)?], None, q, base)
     })
     .await
 }
@@ -463,17 +456,12 @@ pub(super) async fn series_instances(
     Path((study, series)): Path<(String, String)>,
     Query(params): Query<Params>,
 ) -> ApiResult<Response> {
-    let q = parse(&params)?;
-    let base = base_url(&headers);
-    blocking(&state, move |store| {
+    answer(state, &headers, &params, move |store, q, base| {
         let st = study_or_404(store, &study)?;
         if !st.series.iter().any(|s| s.series_instance_uid == series) {
             return Err(ApiError::not_found("no such series"));
         }
-        Ok(page(
-            instances_of(store, &[st], Some(&series), &q, &base)?,
-            &q,
-        ))
+        instances_of(store, &[st], Some(&series), q, base)
     })
     .await
 }
