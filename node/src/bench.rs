@@ -305,6 +305,7 @@ pub fn serve(slices: u32) -> Result<ServeBench, String> {
         .build()
         .map_err(|e| e.to_string())?;
     let cfg = crate::http::Config {
+        net: None,
         addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         cors_origins: Vec::new(),
     };

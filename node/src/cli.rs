@@ -5,6 +5,7 @@
 //! arguments). `--json` output goes to stdout and nothing else does; progress bars and logs go to
 //! stderr, and bars are hidden when stdout is not a terminal.
 
+mod network;
 mod output;
 pub mod remote;
 pub mod secret;
@@ -114,6 +115,54 @@ pub enum Command {
         /// DICOMweb; repeatable; `*` allows any.
         #[arg(long = "cors-origin", value_name = "ORIGIN")]
         cors_origin: Vec<String>,
+        /// Peer-to-peer listen address (libp2p multiaddr), repeatable
+        /// [default: /ip4/0.0.0.0/tcp/7447 and /ip4/0.0.0.0/udp/7447/quic-v1].
+        #[arg(long = "p2p", value_name = "MULTIADDR")]
+        p2p: Vec<libp2p::Multiaddr>,
+        /// Do not announce or discover nodes on the local network (mDNS).
+        #[arg(long)]
+        no_mdns: bool,
+    },
+    /// Pair with another node by QR code: `pair new` shows a ticket, `pair accept` uses one.
+    #[command(subcommand)]
+    Pair(PairCommand),
+    /// List paired nodes, or remove one.
+    Contacts {
+        #[command(subcommand)]
+        action: Option<ContactsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Share a study with a contact: its key is sealed to the contact, which then fetches the
+    /// encrypted study from this node.
+    Share {
+        /// A StudyInstanceUID or short id.
+        study: String,
+        /// The contact: display name, PeerId, or an unambiguous prefix of either.
+        #[arg(long)]
+        to: String,
+        /// How long the grant lasts (e.g. 30d, 12h).
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+        /// Wait until the contact holds the whole study, showing progress.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop sharing a study with a contact. What it already received cannot be taken back.
+    Revoke {
+        study: String,
+        /// The contact: display name, PeerId, or an unambiguous prefix of either.
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Studies being sent and received: progress, rate, state.
+    Transfers {
+        #[arg(long)]
+        json: bool,
     },
     /// Show this node's identity and store summary.
     Info {
@@ -136,6 +185,69 @@ pub enum Command {
     /// Measure performance; prints JSON with ratios against references measured in the same run.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Tools for tests and troubleshooting.
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DebugCommand {
+    /// Ask a peer for blobs of a study, whether or not anything was granted, and print its
+    /// answer as JSON (shows what a stranger or a revoked contact gets).
+    RequestBlobs {
+        /// The peer's PeerId.
+        peer: String,
+        /// Where to reach it (multiaddr), repeatable.
+        #[arg(long)]
+        addr: Vec<libp2p::Multiaddr>,
+        #[arg(long)]
+        study: String,
+        /// Blob ids to ask for.
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PairCommand {
+    /// Show a one-time pairing ticket (QR code and text) for another node to scan.
+    ///
+    /// Needs `discless serve` running: the node must be online when the ticket is scanned.
+    New {
+        /// Bind the ticket to this Patient ID: the paired phone receives every study of that
+        /// patient held here, now and later.
+        #[arg(long, value_name = "PATIENT_ID")]
+        for_patient: Option<String>,
+        /// How long the ticket can be used.
+        #[arg(long, default_value = "15m", value_parser = humantime::parse_duration)]
+        expires: std::time::Duration,
+        /// Also write the QR code as a PNG image.
+        #[arg(long, value_name = "FILE")]
+        png: Option<PathBuf>,
+        /// Also write the QR code as an SVG image.
+        #[arg(long, value_name = "FILE")]
+        svg: Option<PathBuf>,
+        /// Wait until the ticket is used and show the confirmation code.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pair with the node that issued TICKET (the text of its QR code).
+    Accept {
+        ticket: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ContactsCommand {
+    /// Forget a contact and revoke everything shared with it.
+    Remove {
+        contact: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -214,6 +326,15 @@ pub enum CliError {
     Demo(#[from] crate::demo::DemoError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+    #[error(transparent)]
+    Net(#[from] crate::net::NetError),
+    #[error("`{0}` needs this node online: start `discless serve` on this home first")]
+    Offline(&'static str),
+    /// A command that ran inside the server failed; its message is already complete.
+    #[error("{0}")]
+    Failed(String),
+    #[error("cannot draw the QR code: {0}")]
+    Qr(String),
 }
 
 impl From<std::io::Error> for CliError {
@@ -262,9 +383,21 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             output::init(&mut stdout, &home, &peer, &name, role, json)?;
             Ok(Outcome::Success)
         }
-        Command::Serve { http, cors_origin } => {
+        Command::Serve {
+            http,
+            cors_origin,
+            p2p,
+            no_mdns,
+        } => {
             drop(stdout);
-            serve::run(&home()?, http, cors_origin)
+            let mut net = crate::net::Config {
+                mdns: !no_mdns,
+                ..Default::default()
+            };
+            if !p2p.is_empty() {
+                net.listen = p2p;
+            }
+            serve::run(&home()?, http, cors_origin, net)
         }
         Command::Demo {
             slices,
@@ -302,7 +435,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             let pass = secret::passphrase(false)?;
             let keys = keystore::open(&home.keystore(), pass.as_bytes())?;
             match Store::open(&home, keys) {
-                Ok(store) => execute(&store, command, &mut stdout, true),
+                Ok(store) => execute(&store, None, command, &mut stdout, true),
                 Err(StoreError::Locked(_)) => remote::run(&home, &mut stdout),
                 Err(e) => Err(e.into()),
             }
@@ -314,6 +447,7 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
 /// progress bars (never when the command runs inside a server on behalf of a remote CLI).
 pub fn execute(
     store: &Store,
+    net: Option<&crate::net::Handle>,
     command: Command,
     w: &mut dyn std::io::Write,
     interactive: bool,
@@ -382,7 +516,34 @@ pub fn execute(
             })
         }
         Command::Info { json } => {
-            output::info(w, store, json)?;
+            output::info(w, store, net, json)?;
+            Ok(Outcome::Success)
+        }
+        Command::Pair(cmd) => network::pair(net, cmd, w),
+        Command::Contacts { action, json } => network::contacts(store, net, action, json, w),
+        Command::Share {
+            study,
+            to,
+            expires,
+            wait,
+            json,
+        } => network::share(store, net, &study, &to, expires, wait, json, w, interactive),
+        Command::Revoke { study, from, json } => {
+            network::revoke(store, net, &study, &from, json, w)
+        }
+        Command::Transfers { json } => network::transfers(store, net, json, w),
+        Command::Debug(DebugCommand::RequestBlobs {
+            peer,
+            addr,
+            study,
+            ids,
+        }) => {
+            let net = net.ok_or(CliError::Offline("debug request-blobs"))?;
+            let peer = peer
+                .parse()
+                .map_err(|_| CliError::Failed(format!("not a PeerId: {peer}")))?;
+            let r = net.block_on(net.debug_request_blobs(peer, addr, study, ids))?;
+            output::json(w, &r)?;
             Ok(Outcome::Success)
         }
         Command::Init { .. } | Command::Serve { .. } | Command::Demo { .. } | Command::Bench(_) => {
@@ -418,6 +579,21 @@ pub fn absolutize(command: Command, cwd: &std::path::Path) -> Command {
             dicomdir,
             json,
         },
+        Command::Pair(PairCommand::New {
+            for_patient,
+            expires,
+            png,
+            svg,
+            wait,
+            json,
+        }) => Command::Pair(PairCommand::New {
+            for_patient,
+            expires,
+            png: png.map(abs),
+            svg: svg.map(abs),
+            wait,
+            json,
+        }),
         other => other,
     }
 }

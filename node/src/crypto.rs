@@ -14,6 +14,7 @@
 //! Nonces are 192-bit and random (XChaCha), which is why random nonces are safe at any volume.
 
 pub mod blob;
+pub mod envelope;
 
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};

@@ -16,6 +16,7 @@
 
 mod api;
 mod auth;
+mod control;
 mod dicomweb;
 mod error;
 mod web;
@@ -42,6 +43,8 @@ pub struct Config {
     pub addr: SocketAddr,
     /// Origins allowed to call the API and DICOMweb from a browser (e.g. an OHIF deployment).
     pub cors_origins: Vec<String>,
+    /// The node's network, when it runs in this process (pairing and sharing from the web UI).
+    pub net: Option<crate::net::Handle>,
 }
 
 /// What a running server tells local clients, written to `<home>/serve.json` (mode 0600).
@@ -68,6 +71,7 @@ pub struct AppState {
 #[derive(Debug)]
 struct StateInner {
     token: String,
+    net: Option<crate::net::Handle>,
     /// Whether requests need the token (the server listens beyond loopback).
     remote: bool,
 }
@@ -76,8 +80,28 @@ impl AppState {
     pub fn new(store: Store, token: String, remote: bool) -> Self {
         Self {
             store,
-            inner: Arc::new(StateInner { token, remote }),
+            inner: Arc::new(StateInner {
+                token,
+                remote,
+                net: None,
+            }),
         }
+    }
+
+    /// The same state, with the node's network attached.
+    pub fn with_net(self, net: Option<crate::net::Handle>) -> Self {
+        Self {
+            store: self.store,
+            inner: Arc::new(StateInner {
+                token: self.inner.token.clone(),
+                remote: self.inner.remote,
+                net,
+            }),
+        }
+    }
+
+    pub(crate) fn net(&self) -> Option<&crate::net::Handle> {
+        self.inner.net.as_ref()
     }
     pub(crate) fn token(&self) -> &str {
         &self.inner.token
@@ -150,7 +174,7 @@ pub async fn spawn(store: Store, config: Config, token: String) -> Result<Handle
         })?;
     let addr = listener.local_addr()?;
     let remote = !addr.ip().is_loopback();
-    let state = AppState::new(store, token, remote);
+    let state = AppState::new(store, token, remote).with_net(config.net.clone());
     let app = router(state, &config.cors_origins);
     let cancel = CancellationToken::new();
     let c = cancel.clone();

@@ -39,13 +39,36 @@ pub enum Role {
     Doctor,
 }
 
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::Clinic => "clinic",
             Role::Patient => "patient",
             Role::Doctor => "doctor",
+        }
+    }
+
+    pub fn from_u8(n: u8) -> Option<Self> {
+        Some(match n {
+            0 => Role::Clinic,
+            1 => Role::Patient,
+            2 => Role::Doctor,
+            _ => return None,
         })
+    }
+
+    pub fn as_u8(self) -> u8 {
+        match self {
+            Role::Clinic => 0,
+            Role::Patient => 1,
+            Role::Doctor => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -104,6 +127,19 @@ impl std::fmt::Debug for Keys {
 impl Keys {
     pub fn peer_id(&self) -> libp2p_identity::PeerId {
         self.identity.public().to_peer_id()
+    }
+
+    /// Fresh keys without a keystore file, for unit tests of protocols.
+    #[doc(hidden)]
+    pub fn generate_for_tests(name: &str, role: Role) -> Self {
+        Self {
+            identity: libp2p_identity::Keypair::generate_ed25519(),
+            agreement: x25519_dalek::StaticSecret::random_from_rng(rand::rngs::OsRng),
+            storage: SecretKey::generate(),
+            name: name.to_owned(),
+            role,
+            created_unix: 0,
+        }
     }
 }
 

@@ -26,5 +26,6 @@ pub mod dicom;
 pub mod home;
 pub mod http;
 pub mod keystore;
+pub mod net;
 pub mod render;
 pub mod store;

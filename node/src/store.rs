@@ -13,6 +13,7 @@
 //! q/ H(sop)              -> sealed PendingInstance         (sealed, durable, not yet visible)
 //! j/ H(study) H(sop)     -> sealed DICOM JSON of the instance (WADO-RS metadata)
 //! a/ seq (u64 BE)        -> sealed audit entry
+//! c/ t/ g/ r/             -> contacts, tickets, grants, inbound transfers (see `peers`)
 //! m/ name                -> sealed store metadata (audit head)
 //! ```
 //!
@@ -24,6 +25,7 @@
 
 pub mod audit;
 pub mod blobs;
+pub mod peers;
 pub mod records;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +34,7 @@ use std::sync::{Arc, Mutex};
 
 pub use audit::{Audit, AuditEntry, AuditError};
 pub use blobs::Blobs;
+pub use peers::{Contact, Grant, GrantState, Inbound, InboundState, Ticket};
 pub use records::{
     ImageAttributes, InstanceRecord, PendingInstance, SeriesSummary, StudyAttributes, StudyRecord,
     StudySummary,
@@ -69,6 +72,12 @@ pub enum StoreError {
     AmbiguousStudy { query: String, count: usize },
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("no contact matches {0:?} (see `discless contacts`)")]
+    NoSuchContact(String),
+    #[error("{query:?} matches {count} contacts; give more of the name or PeerId")]
+    AmbiguousContact { query: String, count: usize },
+    #[error("study {0} is already held here under a different key (imported separately); receiving it from a peer is not supported")]
+    KeyConflict(String),
 }
 
 /// What a commit made visible.
@@ -95,6 +104,9 @@ struct Inner {
     /// other processes out).
     write_lock: Mutex<()>,
     audit: Audit,
+    /// Bumped after every commit that made instances visible, so the network layer can offer new
+    /// studies to subscribed contacts without polling.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -151,6 +163,7 @@ impl Store {
                 blobs,
                 write_lock: Mutex::new(()),
                 audit,
+                commits: tokio::sync::watch::channel(0).0,
             }),
         })
     }
@@ -375,6 +388,9 @@ impl Store {
         }
         self.inner.index.apply_batch(batch)?;
         self.inner.db.flush()?;
+        if summary.instances > 0 {
+            self.inner.commits.send_modify(|n| *n += 1);
+        }
         Ok(summary)
     }
 
@@ -450,6 +466,11 @@ impl Store {
     /// How many instances wait in unfinished imports.
     pub fn pending_count(&self) -> usize {
         self.inner.index.scan_prefix(b"q/").count()
+    }
+
+    /// Wakes up after each commit that made instances visible.
+    pub fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.commits.subscribe()
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {

@@ -86,8 +86,13 @@ pub struct Node {
 impl Node {
     /// A fresh, initialised node.
     pub fn init(role: &str) -> Result<Self> {
+        Self::init_named(role, &format!("test {role}"))
+    }
+
+    /// A fresh node with a display name of its own.
+    pub fn init_named(role: &str, name: &str) -> Result<Self> {
         let n = Self::uninitialised()?;
-        let out = n.run(&["init", "--name", &format!("test {role}"), "--role", role])?;
+        let out = n.run(&["init", "--name", name, "--role", role])?;
         if !out.status.success() {
             bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -157,12 +162,30 @@ impl Node {
 
     /// Starts `discless serve` on a free loopback port and waits until it answers.
     pub fn serve(&self, extra: &[&str]) -> Result<Served> {
+        self.serve_with_env(extra, &[])
+    }
+
+    /// `serve` on loopback only (HTTP and peer-to-peer, random ports, no mDNS), with extra
+    /// arguments and environment variables.
+    pub fn serve_with_env(&self, extra: &[&str], env: &[(&str, &str)]) -> Result<Served> {
         let announcement = self.home().join("serve.json");
         let _ = std::fs::remove_file(&announcement);
         let mut args = vec!["serve", "--http", "127.0.0.1:0"];
+        if !extra.contains(&"--p2p") {
+            args.extend_from_slice(&[
+                "--p2p",
+                "/ip4/127.0.0.1/tcp/0",
+                "--p2p",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+                "--no-mdns",
+            ]);
+        }
         args.extend_from_slice(extra);
-        let child = self
-            .cmd(&args)
+        let mut cmd = self.cmd(&args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()?;
@@ -243,6 +266,13 @@ pub struct Served {
 
 impl Served {
     /// Asks the server to stop as Ctrl-C would, and waits for its exit status.
+    /// Kills the server with SIGKILL, as a crash or a pulled battery would, and reaps it.
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status()?;

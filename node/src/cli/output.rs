@@ -342,12 +342,26 @@ pub(super) fn audit(
     Ok(())
 }
 
-pub(super) fn info(w: &mut dyn Write, store: &Store, as_json: bool) -> io::Result<()> {
+pub(super) fn info(
+    w: &mut dyn Write,
+    store: &Store,
+    net: Option<&crate::net::Handle>,
+    as_json: bool,
+) -> io::Result<()> {
     let keys = store.keys();
     let studies = store.studies().unwrap_or_default();
     let instances: u64 = studies.iter().map(|s| s.instance_count).sum();
     let bytes: u64 = studies.iter().map(|s| s.bytes).sum();
     let pending = store.pending_count();
+    let contacts = store.contacts().unwrap_or_default();
+    let snap = net.and_then(|n| n.block_on(n.snapshot()).ok());
+    let online: Option<Vec<&crate::store::Contact>> = snap.as_ref().map(|s| {
+        contacts
+            .iter()
+            .filter(|c| s.connected.iter().any(|p| p.to_string() == c.peer_id))
+            .collect()
+    });
+    let addrs = |v: &[libp2p::Multiaddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
     if as_json {
         return json(
             w,
@@ -360,6 +374,11 @@ pub(super) fn info(w: &mut dyn Write, store: &Store, as_json: bool) -> io::Resul
                 "instances": instances,
                 "bytes": bytes,
                 "pending_instances": pending,
+                "contacts": contacts.len(),
+                "online": snap.is_some(),
+                "listen_addrs": snap.as_ref().map(|s| addrs(&s.listen)),
+                "external_addrs": snap.as_ref().map(|s| addrs(&s.external)),
+                "contacts_online": online.as_ref().map(|v| v.iter().map(|c| serde_json::json!({"peer_id": c.peer_id, "name": c.name})).collect::<Vec<_>>()),
             }),
         );
     }
@@ -375,6 +394,24 @@ pub(super) fn info(w: &mut dyn Write, store: &Store, as_json: bool) -> io::Resul
     );
     if pending > 0 {
         out!(w, "         {pending} instance(s) from an interrupted import: run the import again to finish it");
+    }
+    match (&snap, &online) {
+        (Some(s), Some(on)) => {
+            for a in &s.listen {
+                out!(w, "Listen   {a}");
+            }
+            for a in &s.external {
+                out!(w, "External {a}");
+            }
+            out!(w, "Contacts {} ({} online)", contacts.len(), on.len());
+            for c in on {
+                out!(w, "         online: {} ({})", c.name, c.peer_id);
+            }
+        }
+        _ => {
+            out!(w, "Contacts {}", contacts.len());
+            out!(w, "Network  offline (start `discless serve` to go online)");
+        }
     }
     Ok(())
 }

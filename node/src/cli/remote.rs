@@ -22,12 +22,12 @@ pub struct RunRequest {
     pub cwd: std::path::PathBuf,
 }
 
-/// What the server answers: the command's stdout, its exit code, and its error message if any.
+/// One line of the server's streamed answer: output as it is written, then how it ended.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct RunResponse {
-    pub code: u8,
-    pub stdout: String,
-    pub error: Option<String>,
+#[serde(untagged)]
+pub enum Frame {
+    Out { out: String },
+    End { code: u8, error: Option<String> },
 }
 
 pub(super) fn run(home: &Home, out: &mut dyn Write) -> Result<Outcome, CliError> {
@@ -40,25 +40,37 @@ pub(super) fn run(home: &Home, out: &mut dyn Write) -> Result<Outcome, CliError>
         args: std::env::args().skip(1).collect(),
         cwd: std::env::current_dir().map_err(CliError::Output)?,
     };
-    let mut resp = ureq::post(format!("{}/api/control/run", a.url))
+    let gone = |e: &dyn std::fmt::Display| {
+        CliError::Remote(format!(
+            "{e} (is `discless serve` still running? pid {})",
+            a.pid
+        ))
+    };
+    let resp = ureq::post(format!("{}/api/control/run", a.url))
         .header("Authorization", format!("Bearer {}", a.token))
         .send_json(&req)
-        .map_err(|e| {
-            CliError::Remote(format!(
-                "{e} (is `discless serve` still running? pid {})",
-                a.pid
-            ))
-        })?;
-    let r: RunResponse = resp
-        .body_mut()
-        .read_json()
-        .map_err(|e| CliError::Remote(e.to_string()))?;
-    out.write_all(r.stdout.as_bytes())?;
-    match (r.code, r.error) {
-        (0, _) => Ok(Outcome::Success),
-        (1, _) => Ok(Outcome::Partial),
-        (_, e) => Err(CliError::Remote(
-            e.unwrap_or_else(|| "the command failed".into()),
-        )),
+        .map_err(|e| gone(&e))?;
+    let reader = std::io::BufReader::new(resp.into_body().into_reader());
+    for line in std::io::BufRead::lines(reader) {
+        let line = line.map_err(|e| gone(&e))?;
+        match serde_json::from_str::<Frame>(&line) {
+            Ok(Frame::Out { out: text }) => {
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+            }
+            Ok(Frame::End { code, error }) => {
+                return match (code, error) {
+                    (0, _) => Ok(Outcome::Success),
+                    (1, _) => Ok(Outcome::Partial),
+                    (_, e) => Err(CliError::Failed(
+                        e.unwrap_or_else(|| "the command failed".into()),
+                    )),
+                }
+            }
+            Err(e) => return Err(CliError::Remote(format!("unexpected answer: {e}"))),
+        }
     }
+    Err(gone(
+        &"the server closed the connection before the command finished",
+    ))
 }

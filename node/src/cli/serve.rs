@@ -55,7 +55,12 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Outcome, CliError> {
+pub(super) fn run(
+    home: &Home,
+    addr: SocketAddr,
+    cors: Vec<String>,
+    p2p: crate::net::Config,
+) -> Result<Outcome, CliError> {
     if !home.exists() {
         return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
     }
@@ -82,15 +87,18 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
         .build()
         .map_err(CliError::Output)?;
     rt.block_on(async {
+        let net = crate::net::start(store.clone(), p2p).await?;
         let handle = http::spawn(
             store.clone(),
             http::Config {
                 addr,
                 cors_origins: cors,
+                net: Some(net.clone()),
             },
             token.to_string(),
         )
         .await?;
+        let p2p_addrs = net.dialable_addrs().await.unwrap_or_default();
         let local = if handle.addr.ip().is_unspecified() {
             SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), handle.addr.port())
         } else {
@@ -114,6 +122,10 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
         );
         let _ = writeln!(out, "  web viewer  {url}/");
         let _ = writeln!(out, "  DICOMweb    {url}/dicomweb");
+        let _ = writeln!(out, "  PeerId      {}", net.peer_id());
+        for a in &p2p_addrs {
+            let _ = writeln!(out, "  p2p         {a}");
+        }
         if !handle.addr.ip().is_loopback() {
             let _ = writeln!(
                 out,
@@ -128,6 +140,7 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
         shutdown_signal().await;
         tracing::info!("shutting down");
         let r = handle.shutdown().await;
+        net.shutdown().await;
         let _ = std::fs::remove_file(Announcement::path(home));
         r?;
         Ok::<_, CliError>(())

@@ -19,7 +19,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/studies/{study}", get(study))
         .route("/instances/{sop}/tags", get(tags))
         .route("/audit", get(audit))
-        .route("/control/run", post(control_run))
+        .route("/control/run", post(super::control::run))
 }
 
 /// Runs blocking store work off the async threads.
@@ -252,44 +252,6 @@ async fn audit(State(state): State<AppState>) -> ApiResult<Json<serde_json::Valu
             "verified": verified.is_ok(),
             "error": verified.err().map(|e| e.to_string()),
         })))
-    })
-    .await
-}
-
-/// A CLI command run here because this process holds the store (see `cli::remote`).
-async fn control_run(
-    State(state): State<AppState>,
-    Json(req): Json<crate::cli::remote::RunRequest>,
-) -> ApiResult<Json<crate::cli::remote::RunResponse>> {
-    use clap::Parser;
-    blocking(&state, move |store| {
-        let argv = std::iter::once("discless".to_owned()).chain(req.args);
-        let cli = match crate::cli::Cli::try_parse_from(argv) {
-            Ok(c) => c,
-            Err(e) => {
-                return Ok(Json(crate::cli::remote::RunResponse {
-                    code: 2,
-                    stdout: String::new(),
-                    error: Some(e.to_string()),
-                }))
-            }
-        };
-        let command = crate::cli::absolutize(cli.command, &req.cwd);
-        let mut out = Vec::new();
-        let r = crate::cli::execute(store, command, &mut out, false);
-        let stdout = String::from_utf8_lossy(&out).into_owned();
-        Ok(Json(match r {
-            Ok(o) => crate::cli::remote::RunResponse {
-                code: o.code(),
-                stdout,
-                error: None,
-            },
-            Err(e) => crate::cli::remote::RunResponse {
-                code: 2,
-                stdout,
-                error: Some(e.to_string()),
-            },
-        }))
     })
     .await
 }

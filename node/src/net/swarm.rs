@@ -1,0 +1,227 @@
+//! The libp2p swarm as an actor: one task owns it; the rest of the node sends it commands.
+//!
+//! Bulk work never runs here: streams are opened and accepted through `libp2p_stream::Control`
+//! by other tasks, so a slow transfer cannot stall connection handling.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{autonat, dcutr, identify, mdns, noise, ping, relay, tcp, yamux, Multiaddr, PeerId};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// How long an idle connection to a contact stays open; longer than libp2p's 10 s default so a
+/// receiver working through a large study between batches keeps its connection.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    relay_client: relay::client::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    autonat: autonat::Behaviour,
+    dcutr: dcutr::Behaviour,
+    stream: libp2p_stream::Behaviour,
+}
+
+/// What the swarm is doing, for `info` and the API.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub listen: Vec<Multiaddr>,
+    pub external: Vec<Multiaddr>,
+    pub connected: Vec<PeerId>,
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Dial `peer` at `addrs` (and whatever else is known) unless already connected.
+    Connect {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    AddAddrs {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
+/// Things other tasks react to.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Connected(PeerId),
+    /// A peer told us where it listens (identify).
+    Addresses(PeerId, Vec<Multiaddr>),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwarmError {
+    #[error("cannot set up the network transport: {0}")]
+    Transport(String),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: Multiaddr, reason: String },
+}
+
+pub(crate) struct Built {
+    pub swarm: libp2p::Swarm<Behaviour>,
+    pub control: libp2p_stream::Control,
+}
+
+pub(crate) fn build(
+    keypair: libp2p::identity::Keypair,
+    mdns_on: bool,
+    agent: &str,
+) -> Result<Built, SwarmError> {
+    let t = |e: &dyn std::fmt::Display| SwarmError::Transport(e.to_string());
+    let peer_id = keypair.public().to_peer_id();
+    let agent = agent.to_owned();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| t(&e))?
+        .with_quic()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .map_err(|e| t(&e))?
+        .with_behaviour(|key, relay_client| {
+            let mdns = if mdns_on {
+                match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!("mDNS unavailable, LAN discovery off: {e}");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            Behaviour {
+                relay_client,
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/discless/1".into(), key.public())
+                        .with_agent_version(agent),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                mdns: Toggle::from(mdns),
+                autonat: autonat::Behaviour::new(peer_id, autonat::Config::default()),
+                dcutr: dcutr::Behaviour::new(peer_id),
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        })
+        .map_err(|e| t(&e))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
+        .build();
+    let control = swarm.behaviour().stream.new_control();
+    Ok(Built { swarm, control })
+}
+
+/// Runs the swarm until `commands` closes or `cancel` fires.
+pub(crate) async fn run(
+    mut swarm: libp2p::Swarm<Behaviour>,
+    mut commands: mpsc::Receiver<Command>,
+    events: broadcast::Sender<Event>,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut waiting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
+    let mut listen: Vec<Multiaddr> = Vec::new();
+    let mut connected: HashSet<PeerId> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                match cmd {
+                    Command::Connect { peer, addrs, reply } => {
+                        if swarm.is_connected(&peer) {
+                            let _ = reply.send(Ok(()));
+                            continue;
+                        }
+                        for a in &addrs {
+                            swarm.add_peer_address(peer, a.clone());
+                        }
+                        let opts = DialOpts::peer_id(peer)
+                            .addresses(addrs)
+                            .extend_addresses_through_behaviour()
+                            .condition(PeerCondition::DisconnectedAndNotDialing)
+                            .build();
+                        match swarm.dial(opts) {
+                            Ok(()) => waiting.entry(peer).or_default().push(reply),
+                            Err(libp2p::swarm::DialError::DialPeerConditionFalse(_)) => {
+                                waiting.entry(peer).or_default().push(reply)
+                            }
+                            Err(e) => {
+                                let _ = reply.send(Err(e.to_string()));
+                            }
+                        }
+                    }
+                    Command::AddAddrs { peer, addrs } => {
+                        for a in addrs {
+                            swarm.add_peer_address(peer, a);
+                        }
+                    }
+                    Command::Snapshot(reply) => {
+                        let _ = reply.send(Snapshot {
+                            listen: listen.clone(),
+                            external: swarm.external_addresses().cloned().collect(),
+                            connected: connected.iter().copied().collect(),
+                        });
+                    }
+                }
+            }
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    tracing::info!(%address, "p2p listening");
+                    listen.push(address);
+                }
+                SwarmEvent::ExpiredListenAddr { address, .. } => listen.retain(|a| *a != address),
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                    tracing::debug!(peer = %peer_id, relayed = endpoint.is_relayed(), "connected");
+                    connected.insert(peer_id);
+                    for r in waiting.remove(&peer_id).unwrap_or_default() {
+                        let _ = r.send(Ok(()));
+                    }
+                    let _ = events.send(Event::Connected(peer_id));
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                    if num_established == 0 {
+                        connected.remove(&peer_id);
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                    if !swarm.is_connected(&peer) {
+                        for r in waiting.remove(&peer).unwrap_or_default() {
+                            let _ = r.send(Err(error.to_string()));
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    let addrs = info.listen_addrs;
+                    for a in &addrs {
+                        swarm.add_peer_address(peer_id, a.clone());
+                    }
+                    let _ = events.send(Event::Addresses(peer_id, addrs));
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                    for (peer, addr) in found {
+                        swarm.add_peer_address(peer, addr);
+                    }
+                }
+                _ => {}
+            },
+        }
+    }
+    for (_, rs) in waiting.drain() {
+        for r in rs {
+            let _ = r.send(Err("the node is shutting down".into()));
+        }
+    }
+}
