@@ -27,7 +27,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 pub use pairing::{Issued, Paired};
-pub use provide::TEST_CORRUPT_ENV;
+pub use provide::{TEST_CORRUPT_ENV, TEST_SEND_DELAY_ENV};
 pub use share::Shared as ShareOutcome;
 
 use crate::store::{Contact, Store, StoreError};

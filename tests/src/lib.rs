@@ -39,6 +39,26 @@ pub fn bin() -> PathBuf {
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(workspace_root())
             .args(["build", "-q", "-p", "discless", "--bin", "discless"]);
+        // Cargo gives this test process CARGO_MANIFEST_DIR, CARGO_PKG_* and the like. Build
+        // scripts (ring, aws-lc-sys) watch some of those names with rerun-if-env-changed, so
+        // passing them on would rebuild half of libp2p for every test binary.
+        const KEEP: [&str; 9] = [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_",
+            "CARGO_TERM_",
+            "CARGO_INCREMENTAL",
+            "CARGO_PROFILE_",
+            "CARGO_REGISTRIES_",
+            "CARGO_NET_",
+            "CARGO_HTTP_",
+        ];
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p)) {
+                cmd.env_remove(k.as_ref());
+            }
+        }
         if release {
             cmd.arg("--release");
         }

@@ -10,7 +10,7 @@ use discless_fixtures::{self as fx, Patient, SeriesSpec, StudySpec};
 use discless_tests::{content_hashes, Node};
 use serde_json::Value;
 
-fn study(dir: &Path, name: &str, pid: &str, slices: u32, size: u32) -> Result<String> {
+fn study(dir: &Path, name: &str, pid: &str, slices: u32, size: u16) -> Result<String> {
     let s = StudySpec {
         patient: Patient {
             name: name.into(),
@@ -239,7 +239,7 @@ fn clinic_to_patient_to_doctor_byte_exact() -> Result<()> {
 
     // Revocation: the doctor can no longer fetch anything of the CT.
     let blob = ok(&t.doctor, &["show", &ct, "--json"])?;
-    let blob_id = blob["instances"][0]["blob_id"]
+    let blob_id = blob["series"][0]["instances"][0]["blob_id"]
         .as_str()
         .context("show --json lists blob ids")?
         .to_owned();
@@ -303,7 +303,7 @@ fn strangers_and_bad_tickets_are_refused() -> Result<()> {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let blob = ok(&clinic, &["show", &uid, "--json"])?["instances"][0]["blob_id"]
+    let blob = ok(&clinic, &["show", &uid, "--json"])?["series"][0]["instances"][0]["blob_id"]
         .as_str()
         .unwrap_or_default()
         .to_owned();
@@ -384,17 +384,29 @@ fn receiver_killed_midway_resumes_without_resending_much() -> Result<()> {
     // 160 slices of 512x512 16-bit: ~84 MB of blobs.
     let uid = study(src.path(), "LARGE^STUDY", "PID-L", 160, 512)?;
     clinic.import(&[src.path()])?;
-    let _c = clinic.serve(&[])?;
+    // 40 ms per blob keeps the transfer a few seconds long, so the kill lands in its middle.
+    let _c = clinic.serve_with_env(&[], &[(discless::net::TEST_SEND_DELAY_ENV, "40")])?;
     let mut p = phone.serve(&[])?;
     pair(&clinic, &phone, &[])?;
     ok(&clinic, &["share", &uid, "--to", "Slow phone", "--json"])?;
     let mut total = 0;
+    let mut at_kill = 0;
     wait_for("half of the study sent", Duration::from_secs(120), || {
         let t = transfer_out(&clinic)?;
         total = t["bytes_total"].as_u64().unwrap_or(0);
-        Ok(t["bytes_sent"].as_u64().unwrap_or(0) * 2 >= total && total > 0)
+        at_kill = t["bytes_sent"].as_u64().unwrap_or(0);
+        Ok(at_kill * 2 >= total && total > 0)
     })?;
     p.kill()?;
+    assert!(
+        at_kill < total * 9 / 10,
+        "the receiver must die mid-transfer (sent {at_kill} of {total})"
+    );
+    let partial = phone.studies();
+    assert!(
+        partial.is_err() || !has_study(&phone, &uid, 160)?,
+        "the study cannot be complete yet"
+    );
     let _p2 = phone.serve(&[])?;
     wait_for(
         "delivery after the restart",

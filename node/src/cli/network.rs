@@ -302,6 +302,7 @@ pub(super) fn share(
             .sum();
         let bar = Bar::new(interactive && !json, "sending");
         let mut last_line = Instant::now();
+        let mut last_sent = 0;
         loop {
             let g = store.grant(&uid, &c.peer_id)?;
             let Some(g) = g else { break };
@@ -310,7 +311,12 @@ pub(super) fn share(
             if g.state == GrantState::Delivered || !g.active(now_unix()) {
                 break;
             }
-            if !interactive && !json && last_line.elapsed() > Duration::from_secs(2) {
+            if !interactive
+                && !json
+                && last_line.elapsed() > Duration::from_secs(2)
+                && g.bytes_sent != last_sent
+            {
+                last_sent = g.bytes_sent;
                 // Also tells us when a remote CLI went away: the write fails.
                 out!(
                     w,

@@ -330,9 +330,50 @@ async fn fetch_batch(
     }
     let blobs = net.store().blobs().clone();
     let mut buf = vec![0u8; 256 * 1024];
-    while let Some((entry, attempts)) = pending.pop_front() {
+    // Blobs that failed verification: asked for again in a later request, because the sender
+    // answers exactly the ids of this one.
+    let mut retry = Vec::new();
+    let r = receive(
+        net,
+        &mut stream,
+        &blobs,
+        &mut buf,
+        peer_s,
+        who,
+        study,
+        req.ids.len(),
+        pending,
+        &mut retry,
+        tx,
+    )
+    .await;
+    pending.extend(retry);
+    r?;
+    let _ = stream.close().await;
+    Ok(())
+}
+
+/// Reads the `count` blobs answered on `stream`, in request order.
+#[allow(clippy::too_many_arguments)]
+async fn receive(
+    net: &Handle,
+    stream: &mut libp2p::Stream,
+    blobs: &crate::store::Blobs,
+    buf: &mut [u8],
+    peer_s: &str,
+    who: &str,
+    study: &str,
+    count: usize,
+    pending: &mut VecDeque<(ManifestEntry, u32)>,
+    retry: &mut Vec<(ManifestEntry, u32)>,
+    tx: &mpsc::Sender<ManifestEntry>,
+) -> Result<(), NetError> {
+    for _ in 0..count {
+        let Some((entry, attempts)) = pending.pop_front() else {
+            break;
+        };
         let mut len = [0u8; 8];
-        if let Err(e) = read_exact_timed(&mut stream, &mut len, who).await {
+        if let Err(e) = read_exact_timed(stream, &mut len, who).await {
             pending.push_front((entry, attempts));
             return Err(e);
         }
@@ -356,7 +397,7 @@ async fn fetch_batch(
         let mut left = len;
         while left > 0 {
             let n = buf.len().min(left as usize);
-            if let Err(e) = read_exact_timed(&mut stream, &mut buf[..n], who).await {
+            if let Err(e) = read_exact_timed(stream, &mut buf[..n], who).await {
                 pending.push_front((entry, attempts));
                 return Err(e);
             }
@@ -387,7 +428,7 @@ async fn fetch_batch(
                     format!("blob {id} arrived corrupted {MAX_ATTEMPTS} times"),
                 ));
             }
-            pending.push_back((entry, attempts + 1));
+            retry.push((entry, attempts + 1));
             continue;
         }
         let dest = blobs.path(id);
@@ -404,7 +445,6 @@ async fn fetch_batch(
             return Err(NetError::Stopped);
         }
     }
-    let _ = stream.close().await;
     Ok(())
 }
 

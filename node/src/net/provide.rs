@@ -17,8 +17,21 @@ use crate::store::{now_unix, Store, StoreError};
 /// Test hook: the first N blobs this node sends have one byte flipped in transit, so tests can
 /// show that a receiver rejects and re-fetches them. Read once at start.
 pub const TEST_CORRUPT_ENV: &str = "DISCLESS_TEST_CORRUPT_BLOBS";
+/// Test hook: milliseconds to pause before each blob sent, so that tests can interrupt a
+/// transfer in its middle on a fast machine.
+pub const TEST_SEND_DELAY_ENV: &str = "DISCLESS_TEST_SEND_DELAY_MS";
 const MAX_IDS_PER_REQUEST: usize = 1024;
 const READ: usize = 256 * 1024;
+
+fn send_delay() -> Option<Duration> {
+    static D: OnceLock<Option<Duration>> = OnceLock::new();
+    *D.get_or_init(|| {
+        std::env::var(TEST_SEND_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
+}
 
 fn corrupt_budget() -> &'static AtomicU64 {
     static N: OnceLock<AtomicU64> = OnceLock::new();
@@ -129,6 +142,9 @@ pub(super) async fn handle_inbound(net: Handle, peer: PeerId, mut stream: libp2p
 }
 
 async fn send_blob(stream: &mut libp2p::Stream, mut f: tokio::fs::File) -> std::io::Result<u64> {
+    if let Some(d) = send_delay() {
+        tokio::time::sleep(d).await;
+    }
     let len = f.metadata().await?.len();
     stream.write_all(&len.to_be_bytes()).await?;
     let mut corrupt = corrupt_budget()
