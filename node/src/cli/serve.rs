@@ -55,7 +55,12 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Outcome, CliError> {
+pub(super) fn run(
+    home: &Home,
+    addr: SocketAddr,
+    cors: Vec<String>,
+    dimse: Option<crate::dimse::Config>,
+) -> Result<Outcome, CliError> {
     if !home.exists() {
         return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
     }
@@ -91,6 +96,18 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
             token.to_string(),
         )
         .await?;
+        // DICOM before the announcement, so that whoever sees serve.json can send.
+        let ae_title = dimse.as_ref().map(|c| c.ae_title.clone());
+        let dimse = match dimse {
+            Some(config) => match crate::dimse::spawn(store.clone(), config).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = handle.shutdown().await;
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
         let local = if handle.addr.ip().is_unspecified() {
             SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), handle.addr.port())
         } else {
@@ -103,6 +120,7 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
                 url: url.clone(),
                 pid: std::process::id(),
                 token: token.to_string(),
+                dimse: dimse.as_ref().map(|d| d.addr.to_string()),
             },
         )
         .map_err(CliError::Output)?;
@@ -114,6 +132,9 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
         );
         let _ = writeln!(out, "  web viewer  {url}/");
         let _ = writeln!(out, "  DICOMweb    {url}/dicomweb");
+        if let (Some(d), Some(ae)) = (&dimse, &ae_title) {
+            let _ = writeln!(out, "  DICOM       AE title {ae} on {}", d.addr);
+        }
         if !handle.addr.ip().is_loopback() {
             let _ = writeln!(
                 out,
@@ -127,6 +148,9 @@ pub(super) fn run(home: &Home, addr: SocketAddr, cors: Vec<String>) -> Result<Ou
         tracing::info!(addr = %handle.addr, "serving");
         shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(d) = dimse {
+            d.shutdown().await;
+        }
         let r = handle.shutdown().await;
         let _ = std::fs::remove_file(Announcement::path(home));
         r?;
