@@ -73,6 +73,7 @@ pub(crate) struct Command {
 }
 
 impl Command {
+    #[cfg(test)]
     pub(crate) fn echo_rq(message_id: u16) -> Self {
         Self {
             field: field::C_ECHO_RQ,

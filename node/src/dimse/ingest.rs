@@ -269,8 +269,10 @@ fn stage_one(
     spool: tempfile::TempPath,
     seen: &Mutex<HashMap<String, String>>,
 ) -> Result<Stage, import::ImportError> {
+    let start = std::time::Instant::now();
     let staged = import::stage(store, &Source::File(spool.to_path_buf()))?;
     drop(spool);
+    tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "staged");
     match staged {
         Staged::Rejected(r) => Ok(Stage::Refused(r.reason)),
         Staged::Duplicate(_) => Ok(Stage::Duplicate),
