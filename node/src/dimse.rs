@@ -96,7 +96,10 @@ pub enum SpawnError {
 /// not only spaces).
 pub fn valid_ae_title(t: &str) -> bool {
     let t = t.trim();
-    !t.is_empty() && t.len() <= 16 && t.chars().all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
+    !t.is_empty()
+        && t.len() <= 16
+        && t.chars()
+            .all(|c| c.is_ascii() && !c.is_ascii_control() && c != '\\')
 }
 
 /// A running SCP.

@@ -34,7 +34,9 @@ impl Drop for Guard {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port())
 }
 
 fn wait_listening(port: u16, child: &mut Child) -> Result<()> {
@@ -59,7 +61,8 @@ fn storescp(dir: &Path, prefer: &str) -> Result<(Guard, u16)> {
     let port = free_port()?;
     let child = Command::new(STORESCP)
         .env("TCP_NODELAY", "1")
-        .args(["-aet", "REFSCP", "+B", prefer, "-od"])
+        // Promiscuous: dcmtk 3.6.7's list of storage classes lacks some (e.g. SEG).
+        .args(["-aet", "REFSCP", "+B", "-pm", prefer, "-od"])
         .arg(dir)
         .arg(port.to_string())
         .stdout(Stdio::null())
@@ -75,7 +78,8 @@ fn serve_dimse(node: &Node, extra: &[&str]) -> Result<(Served, u16)> {
     let mut args = vec!["--dimse", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     let served = node.serve(&args)?;
-    let a: serde_json::Value = serde_json::from_slice(&std::fs::read(node.home().join("serve.json"))?)?;
+    let a: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.home().join("serve.json"))?)?;
     let port = a["dimse"]
         .as_str()
         .and_then(|s| s.parse::<SocketAddr>().ok())
@@ -89,7 +93,9 @@ fn storescu(calling: &str, called: &str, port: u16, opts: &[&str], input: &Path)
         .env("TCP_NODELAY", "1")
         .args(["-aet", calling, "-aec", called])
         .args(opts)
-        .args(["+sd", "+r", "127.0.0.1"])
+        // -R: propose only the SOP classes of the files, as a modality does (storescu's
+        // default list of proposals leaves out e.g. SEG).
+        .args(["-R", "+sd", "+r", "127.0.0.1"])
         .arg(port.to_string())
         .arg(input)
         .stdin(Stdio::null())
@@ -132,7 +138,9 @@ fn split(bytes: &[u8]) -> Result<Split> {
         } else {
             (u16::from_le_bytes([h[6], h[7]]) as usize, 8)
         };
-        let v = bytes.get(pos + hl..pos + hl + len).context("truncated meta")?;
+        let v = bytes
+            .get(pos + hl..pos + hl + len)
+            .context("truncated meta")?;
         let text = String::from_utf8_lossy(v)
             .trim_end_matches(['\0', ' '])
             .to_owned();
@@ -187,20 +195,32 @@ fn round_trip(work: &Path, input: &Path, opts: &[&str]) -> Result<usize> {
     let reference = work.join("reference");
     {
         // storescu's "-xr" proposes RLE; storescp's "+xr" prefers it.
-        let prefer = opts.first().map_or("+xa".to_owned(), |o| o.replacen('-', "+", 1));
+        let prefer = opts
+            .first()
+            .map_or("+xa".to_owned(), |o| o.replacen('-', "+", 1));
         let (_scp, port) = storescp(&reference, &prefer)?;
-        ok(&storescu("MODALITY", "REFSCP", port, opts, input)?, "storescu → storescp")?;
+        ok(
+            &storescu("MODALITY", "REFSCP", port, opts, input)?,
+            "storescu → storescp",
+        )?;
     }
     {
         let (mut served, port) = serve_dimse(&node, &[])?;
-        ok(&storescu("MODALITY", "DISCLESS", port, opts, input)?, "storescu → node")?;
+        ok(
+            &storescu("MODALITY", "DISCLESS", port, opts, input)?,
+            "storescu → node",
+        )?;
         served.terminate()?;
     }
     let exported = work.join("exported");
     export_all(&node, &exported)?;
     let want = by_sop(&reference)?;
     let got = by_sop(&exported)?;
-    ensure!(!want.is_empty(), "storescp received nothing from {}", input.display());
+    ensure!(
+        !want.is_empty(),
+        "storescp received nothing from {}",
+        input.display()
+    );
     ensure!(
         want.keys().eq(got.keys()),
         "{opts:?}: the node has {} instances, storescp {}",
@@ -247,13 +267,22 @@ fn study(dir: &Path, seed: &str, slices: u32, encoding: Encoding) -> Result<()> 
     Ok(())
 }
 
-/// Rewrites every file of `src` into `dst` with a dcmtk converter (`tool [args] in out`).
+/// Rewrites every file under `src` into the same place under `dst` with a dcmtk converter (`tool [args] in out`).
 fn convert(tool: &str, args: &[&str], src: &Path, dst: &Path) -> Result<()> {
-    std::fs::create_dir_all(dst)?;
-    for e in std::fs::read_dir(src)? {
-        let p = e?.path();
-        let out = dst.join(p.file_name().context("file name")?);
-        let o = Command::new(tool).args(args).arg(&p).arg(&out).output()?;
+    for e in walkdir::WalkDir::new(src) {
+        let e = e?;
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let out = dst.join(e.path().strip_prefix(src)?);
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let o = Command::new(tool)
+            .args(args)
+            .arg(e.path())
+            .arg(&out)
+            .output()?;
         ok(&o, tool)?;
     }
     Ok(())
@@ -370,7 +399,10 @@ fn two_storescu_runs_at_once_both_complete() -> Result<()> {
     }
     // Both associations are in the audit log.
     let audit = node.json(&["audit", "--json"])?.to_string();
-    ensure!(audit.contains("CT_A") && audit.contains("CT_B"), "audit: {audit}");
+    ensure!(
+        audit.contains("CT_A") && audit.contains("CT_B"),
+        "audit: {audit}"
+    );
     Ok(())
 }
 
@@ -383,9 +415,15 @@ fn unknown_calling_ae_is_rejected_and_nothing_stored() -> Result<()> {
     let input = work.path().join("in");
     study(&input, "refused", 2, Encoding::ExplicitVrLittleEndian)?;
     let node = Node::init("clinic")?;
-    let (_served, port) = serve_dimse(&node, &["--allow-ae", "CT01@127.0.0.1", "--allow-ae", "PACS"])?;
+    let (_served, port) = serve_dimse(
+        &node,
+        &["--allow-ae", "CT01@127.0.0.1", "--allow-ae", "PACS"],
+    )?;
     let refused = storescu("INTRUDER", "DISCLESS", port, &[], &input)?;
-    ensure!(!refused.status.success(), "an unknown calling AE was accepted");
+    ensure!(
+        !refused.status.success(),
+        "an unknown calling AE was accepted"
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&refused.stdout),
@@ -394,7 +432,10 @@ fn unknown_calling_ae_is_rejected_and_nothing_stored() -> Result<()> {
     ensure!(text.contains("Rejected"), "storescu said: {text}");
     ensure!(node.studies()?.is_empty(), "something was stored");
     // The allowed one gets in (so the refusal above is the allow list, not a broken SCP).
-    ok(&storescu("CT01", "DISCLESS", port, &[], &input)?, "allowed storescu")?;
+    ok(
+        &storescu("CT01", "DISCLESS", port, &[], &input)?,
+        "allowed storescu",
+    )?;
     ensure!(node.studies()?.len() == 1);
     Ok(())
 }
@@ -454,7 +495,14 @@ fn push_to_storescp_delivers_the_original_datasets() -> Result<()> {
             study_instance_uid: fx::uid("tests/dimse/push"),
             ..StudySpec::default()
         };
-        fx::ct_series(&plain, &spec, &SeriesSpec::new(&spec.study_instance_uid, 3, "CT RLE"), 2, 64, 64)?;
+        fx::ct_series(
+            &plain,
+            &spec,
+            &SeriesSpec::new(&spec.study_instance_uid, 3, "CT RLE"),
+            2,
+            64,
+            64,
+        )?;
         convert("/usr/bin/dcmcrle", &[], &plain, &rle)?;
     }
     let node = Node::init("doctor")?;
@@ -466,7 +514,10 @@ fn push_to_storescp_delivers_the_original_datasets() -> Result<()> {
         .collect::<BTreeMap<_, _>>();
     let studies = node.studies()?;
     ensure!(studies.len() == 1, "{} studies", studies.len());
-    let uid = studies[0]["study_instance_uid"].as_str().context("uid")?.to_owned();
+    let uid = studies[0]["study_instance_uid"]
+        .as_str()
+        .context("uid")?
+        .to_owned();
 
     let _served = node.serve(&[])?;
     let received = work.path().join("received");
@@ -486,10 +537,18 @@ fn push_to_storescp_delivers_the_original_datasets() -> Result<()> {
         ensure!(r["failed"] == 0 && r["sent"] == original.len(), "push: {r}");
     }
     let got = by_sop(&received)?;
-    ensure!(got.keys().eq(original.keys()), "storescp got {} of {}", got.len(), original.len());
+    ensure!(
+        got.keys().eq(original.keys()),
+        "storescp got {} of {}",
+        got.len(),
+        original.len()
+    );
     for (sop, o) in &original {
         let g = &got[sop];
-        ensure!(g.ts == o.ts && g.data_set == o.data_set, "{sop}: pushed data set differs");
+        ensure!(
+            g.ts == o.ts && g.data_set == o.data_set,
+            "{sop}: pushed data set differs"
+        );
     }
 
     // A peer that takes implicit VR only: uncompressed instances are re-encoded, the RLE ones
@@ -506,15 +565,31 @@ fn push_to_storescp_delivers_the_original_datasets() -> Result<()> {
         .spawn()?;
     let mut g = Guard(child);
     wait_listening(port, &mut g.0)?;
-    let out = node.run(&["push", &uid, "--to", &format!("IMPLSCP@127.0.0.1:{port}"), "--json"])?;
+    let out = node.run(&[
+        "push",
+        &uid,
+        "--to",
+        &format!("IMPLSCP@127.0.0.1:{port}"),
+        "--json",
+    ])?;
     drop(g);
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)
         .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
     let rle_count = by_sop(&rle).map(|m| m.len()).unwrap_or(0);
-    ensure!(r["sent"] == original.len() - rle_count, "implicit-only push: {r}");
-    ensure!(out.status.code() == Some(if rle_count > 0 { 1 } else { 0 }), "exit {:?}", out.status);
+    ensure!(
+        r["sent"] == original.len() - rle_count,
+        "implicit-only push: {r}"
+    );
+    ensure!(
+        out.status.code() == Some(if rle_count > 0 { 1 } else { 0 }),
+        "exit {:?}",
+        out.status
+    );
     let received = by_sop(&implicit_only)?;
-    ensure!(received.values().all(|s| s.ts == "1.2.840.10008.1.2"), "not implicit VR");
+    ensure!(
+        received.values().all(|s| s.ts == "1.2.840.10008.1.2"),
+        "not implicit VR"
+    );
     ensure!(received.len() == original.len() - rle_count);
     Ok(())
 }

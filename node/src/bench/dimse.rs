@@ -158,9 +158,7 @@ fn into_storescp(dir: &Path, scratch: &Path, run: usize, expected: u64) -> Resul
     wait_listening(port, &mut guard.0)?;
     let secs = storescu(dir, "STORESCP", port)?;
     drop(guard);
-    let files = std::fs::read_dir(&out)
-        .map_err(|e| e.to_string())?
-        .count() as u64;
+    let files = std::fs::read_dir(&out).map_err(|e| e.to_string())?.count() as u64;
     if files != expected {
         return Err(format!("storescp wrote {files} of {expected} files"));
     }
@@ -188,7 +186,10 @@ pub fn dimse(slices: u32) -> Result<DimseBench, String> {
     discless_fixtures::ct_series(&input, &study, &series, slices, 512, 512)
         .map_err(|e| format!("generating the CT series: {e}"))?;
     let (mut instances, mut bytes) = (0u64, 0u64);
-    for e in walkdir::WalkDir::new(&input).into_iter().filter_map(Result::ok) {
+    for e in walkdir::WalkDir::new(&input)
+        .into_iter()
+        .filter_map(Result::ok)
+    {
         if e.file_type().is_file() {
             instances += 1;
             bytes += e.metadata().map(|m| m.len()).unwrap_or(0);

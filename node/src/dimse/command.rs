@@ -126,11 +126,19 @@ impl Command {
     /// Encodes the command set in implicit VR little endian, group length first.
     pub(crate) fn encode(&self) -> Result<Vec<u8>, CommandError> {
         let mut elems = vec![
-            DataElement::new(tags::COMMAND_FIELD, VR::US, PrimitiveValue::from(self.field)),
+            DataElement::new(
+                tags::COMMAND_FIELD,
+                VR::US,
+                PrimitiveValue::from(self.field),
+            ),
             DataElement::new(
                 tags::COMMAND_DATA_SET_TYPE,
                 VR::US,
-                PrimitiveValue::from(if self.has_data_set { 0x0000 } else { NO_DATA_SET }),
+                PrimitiveValue::from(if self.has_data_set {
+                    0x0000
+                } else {
+                    NO_DATA_SET
+                }),
             ),
         ];
         let uid = |tag: Tag, v: &str| DataElement::new(tag, VR::UI, PrimitiveValue::from(ui(v)));
@@ -242,7 +250,12 @@ mod tests {
     fn response_answers_the_request_and_truncates_the_comment() {
         let rq = Command::store_rq(42, CT, "1.2.3");
         let long = "x".repeat(100);
-        let rsp = Command::response(&rq, field::C_STORE_RSP, status::CANNOT_UNDERSTAND, Some(&long));
+        let rsp = Command::response(
+            &rq,
+            field::C_STORE_RSP,
+            status::CANNOT_UNDERSTAND,
+            Some(&long),
+        );
         let back = Command::decode(&rsp.encode().unwrap()).unwrap();
         assert_eq!(back.responded_to, Some(42));
         assert_eq!(back.status, Some(status::CANNOT_UNDERSTAND));
@@ -271,7 +284,10 @@ mod tests {
         assert_eq!(len, bytes.len() - 12);
         // (0000,0002) AffectedSOPClassUID "1.2.840.10008.1.1" (17 chars) + NUL = 18.
         assert_eq!(&bytes[12..16], &[0, 0, 2, 0]);
-        assert_eq!(u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]), 18);
+        assert_eq!(
+            u32::from_le_bytes([bytes[16], bytes[17], bytes[18], bytes[19]]),
+            18
+        );
         assert_eq!(&bytes[20..38], b"1.2.840.10008.1.1\0");
     }
 

@@ -175,8 +175,7 @@ impl Receiver {
         }
         let store = self.store.clone();
         let seen = self.seen.clone();
-        let staged =
-            tokio::task::spawn_blocking(move || stage_one(&store, spool, &seen)).await;
+        let staged = tokio::task::spawn_blocking(move || stage_one(&store, spool, &seen)).await;
         let reply = match staged {
             Ok(Ok(Stage::Stored { sop, shard, bytes })) => {
                 self.totals.bytes += bytes;
@@ -239,10 +238,9 @@ impl Receiver {
                 "rejected": totals.rejected,
                 "bytes": totals.bytes,
             });
-            let r = tokio::task::spawn_blocking(move || {
-                store.audit().append("dimse-receive", detail)
-            })
-            .await;
+            let r =
+                tokio::task::spawn_blocking(move || store.audit().append("dimse-receive", detail))
+                    .await;
             if !matches!(r, Ok(Ok(_))) {
                 tracing::error!("cannot write the audit entry of a DICOM association");
             }
@@ -276,9 +274,7 @@ fn stage_one(
     match staged {
         Staged::Rejected(r) => Ok(Stage::Refused(r.reason)),
         Staged::Duplicate(_) => Ok(Stage::Duplicate),
-        Staged::Sealed {
-            pending, shard, ..
-        } => {
+        Staged::Sealed { pending, shard, .. } => {
             let sop = pending.instance.sop_instance_uid.clone();
             let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(hash) = seen.get(&sop) {
@@ -295,7 +291,9 @@ fn stage_one(
                     ))
                 });
             }
-            store.put_pending(&pending).map_err(import::ImportError::from)?;
+            store
+                .put_pending(&pending)
+                .map_err(import::ImportError::from)?;
             seen.insert(sop.clone(), pending.instance.plaintext_hash.clone());
             Ok(Stage::Stored {
                 sop,

@@ -193,11 +193,7 @@ impl std::fmt::Display for End {
 #[derive(Debug)]
 enum Incoming {
     /// A C-STORE's data set, into its spool file.
-    Store {
-        rq: Command,
-        pc: u8,
-        spool: Spool,
-    },
+    Store { rq: Command, pc: u8, spool: Spool },
     /// A data set we will not keep; answered with `reply` after its last fragment.
     Discard { rq: Command, pc: u8, reply: Reply },
 }
@@ -249,7 +245,9 @@ impl Session {
     async fn pdv(&mut self, pdv: PDataValue) -> Result<(), String> {
         let pc = pdv.presentation_context_id;
         if !self.contexts.contains_key(&pc) {
-            return Err(format!("PDV on presentation context {pc}, which was not accepted"));
+            return Err(format!(
+                "PDV on presentation context {pc}, which was not accepted"
+            ));
         }
         match pdv.value_type {
             PDataValueType::Command => {
@@ -364,7 +362,12 @@ impl Session {
     }
 
     async fn reply(&mut self, pc: u8, rq: &Command, reply: &Reply) -> Result<(), String> {
-        let rsp = Command::response(rq, rq.field | 0x8000, reply.status, reply.comment.as_deref());
+        let rsp = Command::response(
+            rq,
+            rq.field | 0x8000,
+            reply.status,
+            reply.comment.as_deref(),
+        );
         self.respond(pc, &rsp).await
     }
 

@@ -392,8 +392,19 @@ pub(crate) fn data_set_offset(head: &[u8]) -> Option<usize> {
         let vr = [h[4], h[5]];
         let long = matches!(
             &vr,
-            b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN"
-                | b"UR" | b"UT" | b"UV"
+            b"OB"
+                | b"OD"
+                | b"OF"
+                | b"OL"
+                | b"OV"
+                | b"OW"
+                | b"SQ"
+                | b"SV"
+                | b"UC"
+                | b"UN"
+                | b"UR"
+                | b"UT"
+                | b"UV"
         );
         let (len, header) = if long {
             let l = head.get(pos + 8..pos + 12)?;
@@ -427,12 +438,10 @@ fn send_one(
         Some((pc, ts)) => (pc, ts, false),
         None => match fallback() {
             Some((pc, ts)) if is_uncompressed(&inst.transfer_syntax_uid) => (pc, ts, true),
-            _ => {
-                return Err(Failure::Instance(format!(
-                    "the peer accepted no presentation context for SOP class {} in transfer syntax {}",
-                    inst.sop_class_uid, inst.transfer_syntax_uid
-                )))
-            }
+            _ => return Err(Failure::Instance(format!(
+                "the peer accepted no presentation context for SOP class {} in transfer syntax {}",
+                inst.sop_class_uid, inst.transfer_syntax_uid
+            ))),
         },
     };
     let mut plain = decrypt(store, inst).map_err(Failure::Instance)?;
@@ -524,9 +533,7 @@ fn reencode(file: &mut impl Read, ts_uid: &str) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn receive_command(
-    assoc: &mut ClientAssociation<std::net::TcpStream>,
-) -> Result<Command, Failure> {
+fn receive_command(assoc: &mut ClientAssociation<std::net::TcpStream>) -> Result<Command, Failure> {
     let mut buf = Vec::new();
     loop {
         match assoc.receive() {

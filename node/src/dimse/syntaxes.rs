@@ -74,36 +74,36 @@ pub(crate) const STORAGE_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.11.10", // Segmented Volume Rendering Volumetric Presentation State Storage
     "1.2.840.10008.5.1.4.1.1.11.11", // Multiple Volume Rendering Volumetric Presentation State Storage
     "1.2.840.10008.5.1.4.1.1.11.12", // Variable Modality LUT Softcopy Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.2", // Color Softcopy Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.3", // Pseudo-Color Softcopy Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.4", // Blending Softcopy Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.5", // XA/XRF Grayscale Softcopy Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.6", // Grayscale Planar MPR Volumetric Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.7", // Compositing Planar MPR Volumetric Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.8", // Advanced Blending Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.11.9", // Volume Rendering Volumetric Presentation State Storage
-    "1.2.840.10008.5.1.4.1.1.12.1", // X-Ray Angiographic Image Storage
+    "1.2.840.10008.5.1.4.1.1.11.2",  // Color Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.3",  // Pseudo-Color Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.4",  // Blending Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.5",  // XA/XRF Grayscale Softcopy Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.6",  // Grayscale Planar MPR Volumetric Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.7",  // Compositing Planar MPR Volumetric Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.8",  // Advanced Blending Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.11.9",  // Volume Rendering Volumetric Presentation State Storage
+    "1.2.840.10008.5.1.4.1.1.12.1",  // X-Ray Angiographic Image Storage
     "1.2.840.10008.5.1.4.1.1.12.1.1", // Enhanced XA Image Storage
-    "1.2.840.10008.5.1.4.1.1.12.2", // X-Ray Radiofluoroscopic Image Storage
+    "1.2.840.10008.5.1.4.1.1.12.2",  // X-Ray Radiofluoroscopic Image Storage
     "1.2.840.10008.5.1.4.1.1.12.2.1", // Enhanced XRF Image Storage
-    "1.2.840.10008.5.1.4.1.1.128", // Positron Emission Tomography Image Storage
+    "1.2.840.10008.5.1.4.1.1.128",   // Positron Emission Tomography Image Storage
     "1.2.840.10008.5.1.4.1.1.128.1", // Legacy Converted Enhanced PET Image Storage
     "1.2.840.10008.5.1.4.1.1.13.1.1", // X-Ray 3D Angiographic Image Storage
     "1.2.840.10008.5.1.4.1.1.13.1.2", // X-Ray 3D Craniofacial Image Storage
     "1.2.840.10008.5.1.4.1.1.13.1.3", // Breast Tomosynthesis Image Storage
     "1.2.840.10008.5.1.4.1.1.13.1.4", // Breast Projection X-Ray Image Storage - For Presentation
     "1.2.840.10008.5.1.4.1.1.13.1.5", // Breast Projection X-Ray Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.130", // Enhanced PET Image Storage
-    "1.2.840.10008.5.1.4.1.1.131", // Basic Structured Display Storage
+    "1.2.840.10008.5.1.4.1.1.130",   // Enhanced PET Image Storage
+    "1.2.840.10008.5.1.4.1.1.131",   // Basic Structured Display Storage
     "1.2.840.10008.5.1.4.1.1.14.1", // Intravascular Optical Coherence Tomography Image Storage - For Presentation
     "1.2.840.10008.5.1.4.1.1.14.2", // Intravascular Optical Coherence Tomography Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.2", // CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.1", // Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.2", // Legacy Converted Enhanced CT Image Storage
-    "1.2.840.10008.5.1.4.1.1.2.3", // CT Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.2.4", // Enhanced CT Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.2.5", // Legacy Converted Enhanced CT Image Storage - For Processing
-    "1.2.840.10008.5.1.4.1.1.20", // Nuclear Medicine Image Storage
+    "1.2.840.10008.5.1.4.1.1.2",    // CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.1",  // Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.2",  // Legacy Converted Enhanced CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.2.3",  // CT Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.2.4",  // Enhanced CT Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.2.5",  // Legacy Converted Enhanced CT Image Storage - For Processing
+    "1.2.840.10008.5.1.4.1.1.20",   // Nuclear Medicine Image Storage
     "1.2.840.10008.5.1.4.1.1.200.1", // CT Defined Procedure Protocol Storage
     "1.2.840.10008.5.1.4.1.1.200.2", // CT Performed Procedure Protocol Storage
     "1.2.840.10008.5.1.4.1.1.200.3", // Protocol Approval Storage
@@ -111,13 +111,13 @@ pub(crate) const STORAGE_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.200.8", // XA Performed Procedure Protocol Storage
     "1.2.840.10008.5.1.4.1.1.201.1", // Inventory Storage
     "1.2.840.10008.5.1.4.1.1.201.1.1", // Inventory Storage
-    "1.2.840.10008.5.1.4.1.1.3.1", // Ultrasound Multi-frame Image Storage
-    "1.2.840.10008.5.1.4.1.1.30", // Parametric Map Storage
-    "1.2.840.10008.5.1.4.1.1.4", // MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.1", // Enhanced MR Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.2", // MR Spectroscopy Storage
-    "1.2.840.10008.5.1.4.1.1.4.3", // Enhanced MR Color Image Storage
-    "1.2.840.10008.5.1.4.1.1.4.4", // Legacy Converted Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.3.1",  // Ultrasound Multi-frame Image Storage
+    "1.2.840.10008.5.1.4.1.1.30",   // Parametric Map Storage
+    "1.2.840.10008.5.1.4.1.1.4",    // MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.1",  // Enhanced MR Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.2",  // MR Spectroscopy Storage
+    "1.2.840.10008.5.1.4.1.1.4.3",  // Enhanced MR Color Image Storage
+    "1.2.840.10008.5.1.4.1.1.4.4",  // Legacy Converted Enhanced MR Image Storage
     "1.2.840.10008.5.1.4.1.1.481.1", // RT Image Storage
     "1.2.840.10008.5.1.4.1.1.481.10", // RT Physician Intent Storage
     "1.2.840.10008.5.1.4.1.1.481.11", // RT Segment Annotation Storage
@@ -150,15 +150,15 @@ pub(crate) const STORAGE_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.501.4", // DICOS 2D AIT Storage
     "1.2.840.10008.5.1.4.1.1.501.5", // DICOS 3D AIT Storage
     "1.2.840.10008.5.1.4.1.1.501.6", // DICOS Quadrupole Resonance (QR) Storage
-    "1.2.840.10008.5.1.4.1.1.6.1", // Ultrasound Image Storage
-    "1.2.840.10008.5.1.4.1.1.6.2", // Enhanced US Volume Storage
-    "1.2.840.10008.5.1.4.1.1.6.3", // Photoacoustic Image Storage
+    "1.2.840.10008.5.1.4.1.1.6.1",  // Ultrasound Image Storage
+    "1.2.840.10008.5.1.4.1.1.6.2",  // Enhanced US Volume Storage
+    "1.2.840.10008.5.1.4.1.1.6.3",  // Photoacoustic Image Storage
     "1.2.840.10008.5.1.4.1.1.601.1", // Eddy Current Image Storage
     "1.2.840.10008.5.1.4.1.1.601.2", // Eddy Current Multi-frame Image Storage
     "1.2.840.10008.5.1.4.1.1.601.3", // Thermography Image Storage
     "1.2.840.10008.5.1.4.1.1.601.4", // Thermography Multi-frame Image Storage
     "1.2.840.10008.5.1.4.1.1.601.5", // Ultrasound Waveform Storage
-    "1.2.840.10008.5.1.4.1.1.66", // Raw Data Storage
+    "1.2.840.10008.5.1.4.1.1.66",   // Raw Data Storage
     "1.2.840.10008.5.1.4.1.1.66.1", // Spatial Registration Storage
     "1.2.840.10008.5.1.4.1.1.66.2", // Spatial Fiducials Storage
     "1.2.840.10008.5.1.4.1.1.66.3", // Deformable Spatial Registration Storage
@@ -167,14 +167,14 @@ pub(crate) const STORAGE_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.66.6", // Tractography Results Storage
     "1.2.840.10008.5.1.4.1.1.66.7", // Label Map Segmentation Storage
     "1.2.840.10008.5.1.4.1.1.66.8", // Height Map Segmentation Storage
-    "1.2.840.10008.5.1.4.1.1.67", // Real World Value Mapping Storage
+    "1.2.840.10008.5.1.4.1.1.67",   // Real World Value Mapping Storage
     "1.2.840.10008.5.1.4.1.1.68.1", // Surface Scan Mesh Storage
     "1.2.840.10008.5.1.4.1.1.68.2", // Surface Scan Point Cloud Storage
-    "1.2.840.10008.5.1.4.1.1.7", // Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.1", // Multi-frame Single Bit Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.2", // Multi-frame Grayscale Byte Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.3", // Multi-frame Grayscale Word Secondary Capture Image Storage
-    "1.2.840.10008.5.1.4.1.1.7.4", // Multi-frame True Color Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7",    // Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.1",  // Multi-frame Single Bit Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.2",  // Multi-frame Grayscale Byte Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.3",  // Multi-frame Grayscale Word Secondary Capture Image Storage
+    "1.2.840.10008.5.1.4.1.1.7.4",  // Multi-frame True Color Secondary Capture Image Storage
     "1.2.840.10008.5.1.4.1.1.77.1.1", // VL Endoscopic Image Storage
     "1.2.840.10008.5.1.4.1.1.77.1.1.1", // Video Endoscopic Image Storage
     "1.2.840.10008.5.1.4.1.1.77.1.2", // VL Microscopic Image Storage
@@ -190,19 +190,19 @@ pub(crate) const STORAGE_SOP_CLASSES: &[&str] = &[
     "1.2.840.10008.5.1.4.1.1.77.1.5.6", // Wide Field Ophthalmic Photography 3D Coordinates Image Storage
     "1.2.840.10008.5.1.4.1.1.77.1.5.7", // Ophthalmic Optical Coherence Tomography En Face Image Storage
     "1.2.840.10008.5.1.4.1.1.77.1.5.8", // Ophthalmic Optical Coherence Tomography B-scan Volume Analysis Storage
-    "1.2.840.10008.5.1.4.1.1.77.1.6", // VL Whole Slide Microscopy Image Storage
-    "1.2.840.10008.5.1.4.1.1.77.1.7", // Dermoscopic Photography Image Storage
-    "1.2.840.10008.5.1.4.1.1.77.1.8", // Confocal Microscopy Image Storage
-    "1.2.840.10008.5.1.4.1.1.77.1.9", // Confocal Microscopy Tiled Pyramidal Image Storage
-    "1.2.840.10008.5.1.4.1.1.78.1", // Lensometry Measurements Storage
-    "1.2.840.10008.5.1.4.1.1.78.2", // Autorefraction Measurements Storage
-    "1.2.840.10008.5.1.4.1.1.78.3", // Keratometry Measurements Storage
-    "1.2.840.10008.5.1.4.1.1.78.4", // Subjective Refraction Measurements Storage
-    "1.2.840.10008.5.1.4.1.1.78.5", // Visual Acuity Measurements Storage
-    "1.2.840.10008.5.1.4.1.1.78.6", // Spectacle Prescription Report Storage
-    "1.2.840.10008.5.1.4.1.1.78.7", // Ophthalmic Axial Measurements Storage
-    "1.2.840.10008.5.1.4.1.1.78.8", // Intraocular Lens Calculations Storage
-    "1.2.840.10008.5.1.4.1.1.79.1", // Macular Grid Thickness and Volume Report Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.6",   // VL Whole Slide Microscopy Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.7",   // Dermoscopic Photography Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.8",   // Confocal Microscopy Image Storage
+    "1.2.840.10008.5.1.4.1.1.77.1.9",   // Confocal Microscopy Tiled Pyramidal Image Storage
+    "1.2.840.10008.5.1.4.1.1.78.1",     // Lensometry Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.2",     // Autorefraction Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.3",     // Keratometry Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.4",     // Subjective Refraction Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.5",     // Visual Acuity Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.6",     // Spectacle Prescription Report Storage
+    "1.2.840.10008.5.1.4.1.1.78.7",     // Ophthalmic Axial Measurements Storage
+    "1.2.840.10008.5.1.4.1.1.78.8",     // Intraocular Lens Calculations Storage
+    "1.2.840.10008.5.1.4.1.1.79.1",     // Macular Grid Thickness and Volume Report Storage
     "1.2.840.10008.5.1.4.1.1.80.1", // Ophthalmic Visual Field Static Perimetry Measurements Storage
     "1.2.840.10008.5.1.4.1.1.81.1", // Ophthalmic Thickness Map Storage
     "1.2.840.10008.5.1.4.1.1.82.1", // Corneal Topography Map Storage
@@ -255,20 +255,20 @@ mod tests {
     #[test]
     fn clinic_modalities_are_covered() {
         for uid in [
-            "1.2.840.10008.5.1.4.1.1.2",      // CT
-            "1.2.840.10008.5.1.4.1.1.4",      // MR
-            "1.2.840.10008.5.1.4.1.1.1",      // CR
-            "1.2.840.10008.5.1.4.1.1.1.1",    // DX
-            "1.2.840.10008.5.1.4.1.1.1.2",    // MG
-            "1.2.840.10008.5.1.4.1.1.6.1",    // US
-            "1.2.840.10008.5.1.4.1.1.12.1",   // XA
-            "1.2.840.10008.5.1.4.1.1.20",     // NM
-            "1.2.840.10008.5.1.4.1.1.128",    // PET
-            "1.2.840.10008.5.1.4.1.1.7",      // SC
-            "1.2.840.10008.5.1.4.1.1.2.1",    // Enhanced CT
-            "1.2.840.10008.5.1.4.1.1.66.4",   // SEG
-            "1.2.840.10008.5.1.4.1.1.88.22",  // Enhanced SR
-            "1.2.840.10008.5.1.4.1.1.104.1",  // Encapsulated PDF
+            "1.2.840.10008.5.1.4.1.1.2",     // CT
+            "1.2.840.10008.5.1.4.1.1.4",     // MR
+            "1.2.840.10008.5.1.4.1.1.1",     // CR
+            "1.2.840.10008.5.1.4.1.1.1.1",   // DX
+            "1.2.840.10008.5.1.4.1.1.1.2",   // MG
+            "1.2.840.10008.5.1.4.1.1.6.1",   // US
+            "1.2.840.10008.5.1.4.1.1.12.1",  // XA
+            "1.2.840.10008.5.1.4.1.1.20",    // NM
+            "1.2.840.10008.5.1.4.1.1.128",   // PET
+            "1.2.840.10008.5.1.4.1.1.7",     // SC
+            "1.2.840.10008.5.1.4.1.1.2.1",   // Enhanced CT
+            "1.2.840.10008.5.1.4.1.1.66.4",  // SEG
+            "1.2.840.10008.5.1.4.1.1.88.22", // Enhanced SR
+            "1.2.840.10008.5.1.4.1.1.104.1", // Encapsulated PDF
         ] {
             assert!(STORAGE_SOP_CLASSES.contains(&uid), "{uid}");
         }
