@@ -438,10 +438,12 @@ fn send_one(
         Some((pc, ts)) => (pc, ts, false),
         None => match fallback() {
             Some((pc, ts)) if is_uncompressed(&inst.transfer_syntax_uid) => (pc, ts, true),
-            _ => return Err(Failure::Instance(format!(
+            _ => {
+                return Err(Failure::Instance(format!(
                 "the peer accepted no presentation context for SOP class {} in transfer syntax {}",
                 inst.sop_class_uid, inst.transfer_syntax_uid
-            ))),
+            )))
+            }
         },
     };
     let mut plain = decrypt(store, inst).map_err(Failure::Instance)?;
