@@ -7,6 +7,10 @@
 //! high-water mark, reset (`/proc/self/clear_refs`) after the fixtures are generated and the
 //! keystore is created, so it counts the import alone.
 
+mod dimse;
+
+pub use self::dimse::{dimse, DimseBench};
+
 use std::path::Path;
 use std::time::Instant;
 

@@ -122,6 +122,17 @@ pub enum Command {
         /// Do not announce or discover nodes on the local network (mDNS).
         #[arg(long)]
         no_mdns: bool,
+        /// Also receive DICOM (C-ECHO, C-STORE) from modalities and PACS on this address,
+        /// e.g. 0.0.0.0:104 or 0.0.0.0:11112.
+        #[arg(long, value_name = "ADDR")]
+        dimse: Option<std::net::SocketAddr>,
+        /// The AE title this node answers to over DICOM.
+        #[arg(long, default_value = crate::dimse::DEFAULT_AE_TITLE, value_name = "TITLE")]
+        ae_title: String,
+        /// Accept associations only from this calling AE title (optionally only from HOST);
+        /// repeatable. Without it any calling AE may store.
+        #[arg(long = "allow-ae", value_name = "TITLE[@HOST]")]
+        allow_ae: Vec<crate::dimse::AllowedAe>,
     },
     /// Pair with another node by QR code: `pair new` shows a ticket, `pair accept` uses one.
     #[command(subcommand)]
@@ -161,6 +172,23 @@ pub enum Command {
     },
     /// Studies being sent and received: progress, rate, state.
     Transfers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a study to a PACS or workstation by DICOM C-STORE.
+    ///
+    /// Each instance goes in its own transfer syntax; uncompressed ones are re-encoded in
+    /// explicit or implicit VR little endian if the peer refuses theirs. Exit 0: all stored;
+    /// 1: some instances refused or failed.
+    Push {
+        /// A StudyInstanceUID or short id.
+        study: String,
+        /// The receiving AE: TITLE@HOST:PORT.
+        #[arg(long, value_name = "AE@HOST:PORT")]
+        to: crate::dimse::scu::Destination,
+        /// The AE title this node calls as (the peer may have to know it).
+        #[arg(long, default_value = crate::dimse::DEFAULT_AE_TITLE, value_name = "TITLE")]
+        calling_ae: String,
         #[arg(long)]
         json: bool,
     },
@@ -280,6 +308,14 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// C-STORE ingest: dcmtk's storescu into the node vs into dcmtk's storescp (and Orthanc).
+    Dimse {
+        /// Slices of the generated 512x512 CT series, sent in one association.
+        #[arg(long, default_value_t = 300)]
+        instances: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// How a command ended, as an exit code.
@@ -324,6 +360,10 @@ pub enum CliError {
     Remote(String),
     #[error(transparent)]
     Demo(#[from] crate::demo::DemoError),
+    #[error(transparent)]
+    Push(#[from] crate::dimse::scu::PushError),
+    #[error(transparent)]
+    Dimse(#[from] crate::dimse::SpawnError),
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
     #[error(transparent)]
@@ -388,6 +428,9 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             cors_origin,
             p2p,
             no_mdns,
+            dimse,
+            ae_title,
+            allow_ae,
         } => {
             drop(stdout);
             let mut net = crate::net::Config {
@@ -397,7 +440,12 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             if !p2p.is_empty() {
                 net.listen = p2p;
             }
-            serve::run(&home()?, http, cors_origin, net)
+            let dimse = dimse.map(|addr| crate::dimse::Config {
+                addr,
+                ae_title,
+                allow: crate::dimse::AllowList(allow_ae),
+            });
+            serve::run(&home()?, http, cors_origin, net, dimse)
         }
         Command::Demo {
             slices,
@@ -424,6 +472,11 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         }) => {
             let r = crate::bench::import(input.as_deref(), instances, default_workers())
                 .map_err(CliError::Bench)?;
+            output::json(&mut stdout, &r)?;
+            Ok(Outcome::Success)
+        }
+        Command::Bench(BenchCommand::Dimse { instances, json: _ }) => {
+            let r = crate::bench::dimse(instances).map_err(CliError::Bench)?;
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }
@@ -500,6 +553,25 @@ pub fn execute(
             bar.finish();
             output::export(w, &report, json)?;
             Ok(Outcome::Success)
+        }
+        Command::Push {
+            study,
+            to,
+            calling_ae,
+            json,
+        } => {
+            let s = store.resolve_study(&study)?;
+            let bar = output::Bar::new(interactive && show_progress(json), "pushing");
+            let report = crate::dimse::scu::push(store, &s, &to, &calling_ae, &|done, total| {
+                bar.set(done, total)
+            })?;
+            bar.finish();
+            output::push(w, &report, json)?;
+            Ok(if report.failed == 0 {
+                Outcome::Success
+            } else {
+                Outcome::Partial
+            })
         }
         Command::Audit { verify, json } => {
             let verified = if verify {

@@ -53,6 +53,9 @@ pub struct Announcement {
     pub url: String,
     pub pid: u32,
     pub token: String,
+    /// The DICOM (DIMSE) listener's address, when `serve --dimse` runs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimse: Option<String>,
 }
 
 impl Announcement {

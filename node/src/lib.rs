@@ -23,6 +23,7 @@ pub mod cli;
 pub mod crypto;
 pub mod demo;
 pub mod dicom;
+pub mod dimse;
 pub mod home;
 pub mod http;
 pub mod keystore;

@@ -415,3 +415,35 @@ pub(super) fn info(
     }
     Ok(())
 }
+
+pub(super) fn push(
+    w: &mut dyn Write,
+    r: &crate::dimse::scu::Report,
+    as_json: bool,
+) -> io::Result<()> {
+    if as_json {
+        return json(w, r);
+    }
+    for p in r.instances.iter().filter(|p| !p.ok()) {
+        out!(
+            w,
+            "failed  {}  {}",
+            p.sop_instance_uid,
+            p.error.as_deref().unwrap_or("")
+        );
+    }
+    let converted = r.instances.iter().filter(|p| p.ok() && p.converted).count();
+    out!(
+        w,
+        "pushed {} of {} instances to {}{}",
+        r.sent,
+        r.sent + r.failed,
+        r.destination,
+        if converted > 0 {
+            format!(" ({converted} re-encoded in a syntax the peer accepts)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}

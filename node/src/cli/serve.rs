@@ -60,6 +60,7 @@ pub(super) fn run(
     addr: SocketAddr,
     cors: Vec<String>,
     p2p: crate::net::Config,
+    dimse: Option<crate::dimse::Config>,
 ) -> Result<Outcome, CliError> {
     if !home.exists() {
         return Err(KeystoreError::Missing(home.root().to_path_buf()).into());
@@ -99,6 +100,18 @@ pub(super) fn run(
         )
         .await?;
         let p2p_addrs = net.dialable_addrs().await.unwrap_or_default();
+        // DICOM before the announcement, so that whoever sees serve.json can send.
+        let ae_title = dimse.as_ref().map(|c| c.ae_title.clone());
+        let dimse = match dimse {
+            Some(config) => match crate::dimse::spawn(store.clone(), config).await {
+                Ok(h) => Some(h),
+                Err(e) => {
+                    let _ = handle.shutdown().await;
+                    return Err(e.into());
+                }
+            },
+            None => None,
+        };
         let local = if handle.addr.ip().is_unspecified() {
             SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), handle.addr.port())
         } else {
@@ -111,6 +124,7 @@ pub(super) fn run(
                 url: url.clone(),
                 pid: std::process::id(),
                 token: token.to_string(),
+                dimse: dimse.as_ref().map(|d| d.addr.to_string()),
             },
         )
         .map_err(CliError::Output)?;
@@ -126,6 +140,9 @@ pub(super) fn run(
         for a in &p2p_addrs {
             let _ = writeln!(out, "  p2p         {a}");
         }
+        if let (Some(d), Some(ae)) = (&dimse, &ae_title) {
+            let _ = writeln!(out, "  DICOM       AE title {ae} on {}", d.addr);
+        }
         if !handle.addr.ip().is_loopback() {
             let _ = writeln!(
                 out,
@@ -139,6 +156,9 @@ pub(super) fn run(
         tracing::info!(addr = %handle.addr, "serving");
         shutdown_signal().await;
         tracing::info!("shutting down");
+        if let Some(d) = dimse {
+            d.shutdown().await;
+        }
         let r = handle.shutdown().await;
         net.shutdown().await;
         let _ = std::fs::remove_file(Announcement::path(home));

@@ -409,6 +409,53 @@ pub fn run(
     Ok(report)
 }
 
+/// One source taken as far as a sealed blob, but not recorded or made visible: for receivers
+/// that take instances one at a time and commit them in batches (the DIMSE C-STORE SCP), and
+/// so must answer for each instance before the batch is committed.
+#[derive(Debug)]
+pub enum Staged {
+    /// Sealed into its blob file; the caller records it with [`Store::put_pending`] and makes
+    /// it visible with [`Store::commit`].
+    Sealed {
+        pending: Box<PendingInstance>,
+        /// The blob's shard directory, for [`Store::commit`] (None when an earlier sealing was
+        /// reused).
+        shard: Option<PathBuf>,
+        accepted: Accepted,
+    },
+    /// Already stored with the same content.
+    Duplicate(Accepted),
+    Rejected(Rejected),
+}
+
+/// Parses, dedupes and seals one source (see [`Staged`]). Only a failure of the store is an
+/// error; bad input is [`Staged::Rejected`].
+pub fn stage(store: &Store, src: &Source) -> Result<Staged, ImportError> {
+    let mut zips = HashMap::new();
+    match process(store, src, &mut zips) {
+        Outcome::Sealed {
+            pending,
+            shard,
+            display,
+            ..
+        } => {
+            let accepted = Accepted::of(display, &pending.instance);
+            Ok(Staged::Sealed {
+                pending,
+                shard,
+                accepted,
+            })
+        }
+        Outcome::Duplicate(a) => Ok(Staged::Duplicate(a)),
+        Outcome::Skipped => Ok(Staged::Rejected(Rejected {
+            path: src.display(),
+            reason: ParseError::Dicomdir.to_string(),
+        })),
+        Outcome::Rejected(r) => Ok(Staged::Rejected(r)),
+        Outcome::Fatal(e) => Err(e),
+    }
+}
+
 /// The bytes of a source, either in memory or as a file to stream.
 enum Body {
     Memory(Vec<u8>),
