@@ -191,16 +191,14 @@ pub(crate) async fn run(
                     }
                     let _ = events.send(Event::Connected(peer_id));
                 }
-                SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                    if num_established == 0 {
-                        connected.remove(&peer_id);
-                    }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    connected.remove(&peer_id);
                 }
-                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
-                    if !swarm.is_connected(&peer) {
-                        for r in waiting.remove(&peer).unwrap_or_default() {
-                            let _ = r.send(Err(error.to_string()));
-                        }
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
+                    if !swarm.is_connected(&peer) =>
+                {
+                    for r in waiting.remove(&peer).unwrap_or_default() {
+                        let _ = r.send(Err(error.to_string()));
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {

@@ -246,7 +246,7 @@ mod tests {
             let _ = Ticket::decode(&s[..cut]);
         }
         // Every single-character change either fails or decodes to something else.
-        let body = s[SCHEME.len()..].as_bytes().to_vec();
+        let body = s.as_bytes()[SCHEME.len()..].to_vec();
         for i in 0..body.len() {
             let mut b = body.clone();
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
