@@ -122,6 +122,14 @@ pub enum Command {
         /// Do not announce or discover nodes on the local network (mDNS).
         #[arg(long)]
         no_mdns: bool,
+        /// A clinic's relay (its full address, ending in /p2p/<relay PeerId>), repeatable: this
+        /// node keeps a reservation there, so peers reach it through the relay when they cannot
+        /// directly, and studies for offline contacts wait in its mailbox.
+        #[arg(long = "relay", value_name = "MULTIADDR")]
+        relay: Vec<libp2p::Multiaddr>,
+        /// Accept no direct connections: be reachable only through relays.
+        #[arg(long, conflicts_with = "p2p")]
+        no_listen: bool,
         /// Also receive DICOM (C-ECHO, C-STORE) from modalities and PACS on this address,
         /// e.g. 0.0.0.0:104 or 0.0.0.0:11112.
         #[arg(long, value_name = "ADDR")]
@@ -428,6 +436,8 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             cors_origin,
             p2p,
             no_mdns,
+            relay,
+            no_listen,
             dimse,
             ae_title,
             allow_ae,
@@ -435,10 +445,14 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             drop(stdout);
             let mut net = crate::net::Config {
                 mdns: !no_mdns,
+                relays: relay,
                 ..Default::default()
             };
             if !p2p.is_empty() {
                 net.listen = p2p;
+            }
+            if no_listen {
+                net.listen.clear();
             }
             let dimse = dimse.map(|addr| crate::dimse::Config {
                 addr,

@@ -6,6 +6,7 @@
 
 pub mod card;
 mod fetch;
+mod mailbox;
 pub mod offer;
 mod pairing;
 pub mod proto;
@@ -41,6 +42,8 @@ pub const DEFAULT_LISTEN: [&str; 2] = ["/ip4/0.0.0.0/tcp/7447", "/ip4/0.0.0.0/ud
 pub struct Config {
     pub listen: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Relays to keep a reservation on (full addresses with `/p2p/<relay>`).
+    pub relays: Vec<Multiaddr>,
 }
 
 impl Default for Config {
@@ -51,6 +54,7 @@ impl Default for Config {
                 .filter_map(|a| a.parse().ok())
                 .collect(),
             mdns: true,
+            relays: Vec::new(),
         }
     }
 }
@@ -131,6 +135,8 @@ pub(crate) struct Inner {
     fetching: Mutex<HashSet<(String, String)>>,
     offering: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Relays in use: configured ones and those learned from contacts' circuit addresses.
+    relays: Mutex<Vec<Multiaddr>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -174,15 +180,25 @@ pub async fn start(store: Store, config: Config) -> Result<Handle, NetError> {
             fetching: Mutex::default(),
             offering: tokio::sync::Mutex::new(()),
             tasks: Mutex::default(),
+            relays: Mutex::default(),
         }),
     };
     handle.spawn(swarm::run(swarm, cmd_rx, ev_tx, cancel));
     handle.accept(proto::PAIR, pairing::handle_inbound)?;
     handle.accept(proto::RPC, share::handle_inbound)?;
     handle.accept(proto::BLOBS, provide::handle_inbound)?;
-    // Contacts' last known addresses, so that dialing them by PeerId works after a restart.
+    // Contacts' last known addresses, so that dialing them by PeerId works after a restart;
+    // the relays behind their circuit addresses serve us too.
+    for r in &config.relays {
+        handle.use_relay(r.clone()).await;
+    }
     for c in store.contacts()? {
         handle.remember(&c).await;
+        for a in c.addrs.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+            if let Some(r) = swarm::relay_of_circuit(&a) {
+                handle.use_relay(r).await;
+            }
+        }
     }
     handle.spawn(share::background(handle.clone()));
     fetch::resume_all(&handle)?;
@@ -233,6 +249,37 @@ impl Handle {
 
     pub fn peer_id(&self) -> PeerId {
         self.inner.peer_id
+    }
+
+    /// Keeps a reservation on `relay` (an address ending in `/p2p/<relay PeerId>`).
+    pub async fn use_relay(&self, relay: Multiaddr) {
+        if swarm::relay_peer(&relay).is_none() {
+            tracing::warn!(%relay, "relay address without /p2p/<PeerId> ignored");
+            return;
+        }
+        {
+            let Ok(mut r) = self.inner.relays.lock() else {
+                return;
+            };
+            if r.contains(&relay) {
+                return;
+            }
+            r.push(relay.clone());
+        }
+        let _ = self
+            .inner
+            .commands
+            .send(swarm::Command::UseRelay(relay))
+            .await;
+    }
+
+    /// The relays in use, as given (with `/p2p/<relay>`).
+    pub fn relays(&self) -> Vec<Multiaddr> {
+        self.inner
+            .relays
+            .lock()
+            .map(|r| r.clone())
+            .unwrap_or_default()
     }
 
     pub fn store(&self) -> &Store {
@@ -302,6 +349,22 @@ impl Handle {
             })
     }
 
+    /// Where `peer` was last seen: a contact's recorded addresses (direct and circuit), or a
+    /// relay's configured address. libp2p itself only remembers what identify told it in this
+    /// run, so after a restart these are what make a contact dialable again.
+    async fn known_addrs(&self, peer: PeerId) -> Vec<Multiaddr> {
+        let mut v: Vec<Multiaddr> = self
+            .relays()
+            .into_iter()
+            .filter(|r| swarm::relay_peer(r) == Some(peer))
+            .collect();
+        let p = peer.to_string();
+        if let Ok(Ok(Some(c))) = self.blocking(move |s| s.contact(&p)).await {
+            v.extend(c.addrs.iter().filter_map(|a| a.parse().ok()));
+        }
+        v
+    }
+
     /// Tells the swarm where a contact was last seen.
     pub(crate) async fn remember(&self, c: &Contact) {
         let Ok(peer) = c.peer_id.parse::<PeerId>() else {
@@ -322,7 +385,8 @@ impl Handle {
         protocol: StreamProtocol,
         who: &str,
     ) -> Result<libp2p::Stream, NetError> {
-        self.connect(peer, Vec::new(), who).await?;
+        let addrs = self.known_addrs(peer).await;
+        self.connect(peer, addrs, who).await?;
         self.inner
             .control
             .clone()

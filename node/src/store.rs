@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 
 pub use audit::{Audit, AuditEntry, AuditError};
 pub use blobs::Blobs;
-pub use peers::{Contact, Grant, GrantState, Inbound, InboundState, Ticket};
+pub use peers::{Contact, Grant, GrantState, Inbound, InboundState, Queued, Ticket, Via};
 pub use records::{
     ImageAttributes, InstanceRecord, PendingInstance, SeriesSummary, StudyAttributes, StudyRecord,
     StudySummary,

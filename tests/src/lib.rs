@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 
 /// The workspace root (this crate lives in `<root>/tests`).
 pub fn workspace_root() -> PathBuf {
@@ -26,7 +26,18 @@ pub fn workspace_root() -> PathBuf {
 /// built on first use if it is not there yet.
 pub fn bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+    BIN.get_or_init(|| built("discless", "discless")).clone()
+}
+
+/// The `discless-relay` binary, built like [`bin`].
+pub fn relay_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built("discless-relay", "discless-relay"))
+        .clone()
+}
+
+fn built(package: &str, name: &str) -> PathBuf {
+    {
         let exe = std::env::current_exe().unwrap_or_default();
         // target/<profile>/deps/<test> → target/<profile>
         let profile_dir = exe
@@ -34,11 +45,11 @@ pub fn bin() -> PathBuf {
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
-        let candidate = profile_dir.join("discless");
+        let candidate = profile_dir.join(name);
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.current_dir(workspace_root())
-            .args(["build", "-q", "-p", "discless", "--bin", "discless"]);
+            .args(["build", "-q", "-p", package, "--bin", name]);
         // Cargo gives this test process CARGO_MANIFEST_DIR, CARGO_PKG_* and the like. Build
         // scripts (ring, aws-lc-sys) watch some of those names with rerun-if-env-changed, so
         // passing them on would rebuild half of libp2p for every test binary.
@@ -66,12 +77,11 @@ pub fn bin() -> PathBuf {
         // binary from being tested after a library change.
         let status = cmd
             .status()
-            .expect("running cargo build for the discless binary");
-        assert!(status.success(), "building the discless binary failed");
+            .expect("running cargo build for the binary under test");
+        assert!(status.success(), "building {name} failed");
         assert!(candidate.is_file(), "no binary at {}", candidate.display());
         candidate
-    })
-    .clone()
+    }
 }
 
 /// `../shared/corpus` (or `DISCLESS_CORPUS`) when it exists.
@@ -191,14 +201,16 @@ impl Node {
         let announcement = self.home().join("serve.json");
         let _ = std::fs::remove_file(&announcement);
         let mut args = vec!["serve", "--http", "127.0.0.1:0"];
-        if !extra.contains(&"--p2p") {
+        if !extra.contains(&"--p2p") && !extra.contains(&"--no-listen") {
             args.extend_from_slice(&[
                 "--p2p",
                 "/ip4/127.0.0.1/tcp/0",
                 "--p2p",
                 "/ip4/127.0.0.1/udp/0/quic-v1",
-                "--no-mdns",
             ]);
+        }
+        if !extra.contains(&"--no-mdns") {
+            args.push("--no-mdns");
         }
         args.extend_from_slice(extra);
         let mut cmd = self.cmd(&args);
@@ -333,4 +345,97 @@ pub fn python_with(module: &str) -> Option<PathBuf> {
     }
     eprintln!("SKIPPED: Python module {module} is not installed");
     None
+}
+
+/// A `discless-relay serve` process on loopback, stopped (by PID) when dropped.
+pub struct Relay {
+    pub child: std::process::Child,
+    pub data: PathBuf,
+    /// The addresses it printed, each ending in `/p2p/<relay>`.
+    pub addrs: Vec<String>,
+    pub metrics: String,
+}
+
+impl Relay {
+    /// Starts a relay admitting `allow` (written to an allow file in `data`), listening on
+    /// `listen` (e.g. `/ip4/127.0.0.1/tcp/0`), with extra environment variables.
+    pub fn start(data: &Path, listen: &str, allow: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        use std::io::BufRead;
+        std::fs::create_dir_all(data)?;
+        let allow_file = data.join("allow.txt");
+        std::fs::write(&allow_file, allow.join("\n"))?;
+        let mut cmd = Command::new(relay_bin());
+        cmd.args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .arg("--allow-file")
+            .arg(&allow_file)
+            .args(["--metrics", "127.0.0.1:0"])
+            .env_remove("DISCLESS_LOG")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn()?;
+        let stdout = child.stdout.take().context("relay stdout")?;
+        let mut relay = Relay {
+            child,
+            data: data.to_path_buf(),
+            addrs: Vec::new(),
+            metrics: String::new(),
+        };
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            let t = line.trim();
+            if t.starts_with('/') {
+                relay.addrs.push(t.to_owned());
+            } else if let Some(m) = t.strip_prefix("Metrics: ") {
+                relay.metrics = m.to_owned();
+            } else if t.starts_with("Press Ctrl-C") {
+                return Ok(relay);
+            }
+        }
+        bail!("discless-relay exited before it was ready")
+    }
+
+    /// The relay's TCP address (with `/p2p/<relay>`).
+    pub fn tcp_addr(&self) -> Result<String> {
+        self.addrs
+            .iter()
+            .find(|a| a.contains("/tcp/"))
+            .cloned()
+            .context("relay has no TCP address")
+    }
+
+    /// One value from its Prometheus metrics (0 when the series is absent).
+    pub fn metric(&self, name: &str) -> Result<f64> {
+        let mut resp = ureq::get(&self.metrics).call()?;
+        ensure!(
+            resp.status() == 200,
+            "metrics endpoint answered {}",
+            resp.status()
+        );
+        let text = resp.body_mut().read_to_string()?;
+        Ok(text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.split([' ', '{']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum())
+    }
+
+    pub fn kill(&mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

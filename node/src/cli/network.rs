@@ -266,6 +266,7 @@ pub(super) fn share(
                 name: c.name.clone(),
                 state: GrantState::Pending,
                 expires_unix,
+                queued: None,
                 note: Some(
                     "recorded; it is offered when `discless serve` runs on this node".into(),
                 ),
@@ -283,12 +284,22 @@ pub(super) fn share(
             ),
             match shared.state {
                 GrantState::Offered => "offered; they are fetching it",
+                GrantState::Queued => "they are offline; it waits at the relay",
                 GrantState::Delivered => "delivered",
                 GrantState::Pending => "waiting for them to come online",
                 GrantState::Revoked => "revoked",
             }
         );
-        if let Some(n) = &shared.note {
+        if let Some(q) = &shared.queued {
+            out!(
+                w,
+                "  queued at relay {}, expires {}",
+                q.relay,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(q.expires_unix)
+                )
+            );
+        } else if let Some(n) = &shared.note {
             out!(w, "  {n}");
         }
         w.flush()?;

@@ -183,6 +183,7 @@ async fn run(net: &Handle, study: &str, peer_s: &str) -> Result<(), NetError> {
 async fn attempt(net: &Handle, peer: PeerId, who: &str, plan: Plan) -> Result<bool, NetError> {
     let study = plan.inbound.study_uid.clone();
     let peer_s = peer.to_string();
+    let via = plan.inbound.via.clone();
     let key = Arc::new(plan.key);
     let study_attrs = Arc::new(plan.inbound.manifest.study.clone());
     let (tx, rx) = mpsc::channel::<ManifestEntry>(64);
@@ -200,8 +201,16 @@ async fn attempt(net: &Handle, peer: PeerId, who: &str, plan: Plan) -> Result<bo
     for _ in 0..WORKERS {
         let (net, queue, tx) = (net.clone(), queue.clone(), tx.clone());
         let (study, peer_s, who) = (study.clone(), peer_s.clone(), who.to_owned());
+        let via = via.clone();
         workers.push(tokio::spawn(async move {
-            worker(&net, peer, &peer_s, &who, &study, &queue, &tx).await
+            let src = Source {
+                peer,
+                peer_s: &peer_s,
+                who: &who,
+                study: &study,
+                via: via.as_ref(),
+            };
+            worker(&net, &src, &queue, &tx).await
         }));
     }
     drop(tx);
@@ -239,12 +248,18 @@ async fn attempt(net: &Handle, peer: PeerId, who: &str, plan: Plan) -> Result<bo
     }
 }
 
+/// Where a download's blobs come from: the sender, or a relay's mailbox (`via`).
+struct Source<'a> {
+    peer: PeerId,
+    peer_s: &'a str,
+    who: &'a str,
+    study: &'a str,
+    via: Option<&'a crate::store::Via>,
+}
+
 async fn worker(
     net: &Handle,
-    peer: PeerId,
-    peer_s: &str,
-    who: &str,
-    study: &str,
+    src: &Source<'_>,
     queue: &Mutex<VecDeque<(ManifestEntry, u32)>>,
     tx: &mpsc::Sender<ManifestEntry>,
 ) -> Result<(), NetError> {
@@ -268,7 +283,7 @@ async fn worker(
             return Ok(());
         }
         let mut pending: VecDeque<(ManifestEntry, u32)> = batch.into();
-        let r = fetch_batch(net, peer, peer_s, who, study, &mut pending, tx).await;
+        let r = fetch_batch(net, src, &mut pending, tx).await;
         // Whatever did not arrive goes back for another worker or the next pass.
         if let Ok(mut q) = queue.lock() {
             for item in pending.into_iter().rev() {
@@ -300,34 +315,67 @@ async fn read_exact_timed(
 /// Fetches the blobs in `pending`, removing each from it once handled.
 async fn fetch_batch(
     net: &Handle,
-    peer: PeerId,
-    peer_s: &str,
-    who: &str,
-    study: &str,
+    src: &Source<'_>,
     pending: &mut VecDeque<(ManifestEntry, u32)>,
     tx: &mpsc::Sender<ManifestEntry>,
 ) -> Result<(), NetError> {
-    let mut stream = net.open(peer, BLOBS, who).await?;
-    let req = BlobRequest {
-        study_uid: study.to_owned(),
-        ids: pending
-            .iter()
-            .map(|(e, _)| e.instance.blob_id.clone())
-            .collect(),
+    let (peer_s, study) = (src.peer_s, src.study);
+    let ids: Vec<String> = pending
+        .iter()
+        .map(|(e, _)| e.instance.blob_id.clone())
+        .collect();
+    let count = ids.len();
+    let (mut stream, who) = match src.via {
+        None => {
+            let who = src.who.to_owned();
+            let mut stream = net.open(src.peer, BLOBS, &who).await?;
+            let req = BlobRequest {
+                study_uid: study.to_owned(),
+                ids,
+            };
+            wire::write(&mut stream, &req)
+                .await
+                .map_err(|e| protocol(&who, e))?;
+            let reply: Reply = tokio::time::timeout(READ_TIMEOUT, wire::read(&mut stream))
+                .await
+                .map_err(|_| protocol(&who, "no answer to a blob request"))?
+                .map_err(|e| protocol(&who, e))?;
+            if let Reply::Refused { reason } = reply {
+                return Err(NetError::Refused { who, reason });
+            }
+            (stream, who)
+        }
+        Some(via) => {
+            use discless_relay::proto;
+            let relay: PeerId = via
+                .relay
+                .parse()
+                .map_err(|_| NetError::Invalid(format!("bad relay PeerId {}", via.relay)))?;
+            let who = format!("relay {relay}");
+            let mut stream = net.open(relay, proto::MAILBOX, &who).await?;
+            let req = proto::Request::Blobs {
+                item: via.item.clone(),
+                ids,
+            };
+            proto::write(&mut stream, &req)
+                .await
+                .map_err(|e| protocol(&who, e))?;
+            let reply: proto::Response =
+                tokio::time::timeout(READ_TIMEOUT, proto::read(&mut stream))
+                    .await
+                    .map_err(|_| protocol(&who, "no answer to a blob request"))?
+                    .map_err(|e| protocol(&who, e))?;
+            match reply {
+                proto::Response::Ok => {}
+                proto::Response::Refused { reason } => {
+                    return Err(NetError::Refused { who, reason })
+                }
+                other => return Err(protocol(&who, format!("unexpected answer {other:?}"))),
+            }
+            (stream, who)
+        }
     };
-    wire::write(&mut stream, &req)
-        .await
-        .map_err(|e| protocol(who, e))?;
-    let reply: Reply = tokio::time::timeout(READ_TIMEOUT, wire::read(&mut stream))
-        .await
-        .map_err(|_| protocol(who, "no answer to a blob request"))?
-        .map_err(|e| protocol(who, e))?;
-    if let Reply::Refused { reason } = reply {
-        return Err(NetError::Refused {
-            who: who.to_owned(),
-            reason,
-        });
-    }
+    let who = who.as_str();
     let blobs = net.store().blobs().clone();
     let mut buf = vec![0u8; 256 * 1024];
     // Blobs that failed verification: asked for again in a later request, because the sender
@@ -341,7 +389,7 @@ async fn fetch_batch(
         peer_s,
         who,
         study,
-        req.ids.len(),
+        count,
         pending,
         &mut retry,
         tx,
@@ -543,25 +591,29 @@ fn commit(
 
 async fn finish(net: &Handle, study: &str, peer_s: &str) -> Result<(), NetError> {
     let (s, p) = (study.to_owned(), peer_s.to_owned());
-    let contact = net
+    let (contact, via) = net
         .blocking(move |st| -> Result<_, StoreError> {
             let mut count = 0;
-            st.update_inbound(&s, &p, |i| {
-                if let Some(i) = i {
+            let via = st.update_inbound(&s, &p, |i| {
+                i.as_mut().and_then(|i| {
                     i.state = InboundState::Complete;
                     i.completed_unix = Some(now_unix());
                     i.error = None;
                     count = i.manifest.instances.len();
-                }
+                    i.via.clone()
+                })
             })?;
             let c = st.contact(&p)?;
             st.audit().append(
                 "received",
-                serde_json::json!({ "study": s, "from": p, "name": c.as_ref().map(|c| c.name.clone()), "instances": count }),
+                serde_json::json!({ "study": s, "from": p, "name": c.as_ref().map(|c| c.name.clone()), "instances": count, "via_relay": via.as_ref().map(|v| v.relay.clone()) }),
             )?;
-            Ok(c)
+            Ok((c, via))
         })
         .await??;
+    if let Some(v) = &via {
+        net.ack_mailbox(v).await;
+    }
     tracing::info!(study, from = peer_s, "study received complete");
     if let Some(c) = contact {
         net.acknowledge(study, &c).await;

@@ -32,6 +32,8 @@ pub struct Shared {
     pub expires_unix: u64,
     /// Why the offer is still pending, when it is.
     pub note: Option<String>,
+    /// Where the study waits for an offline contact.
+    pub queued: Option<crate::store::Queued>,
 }
 
 /// Records (or renews) a grant of `study_uid` to `peer`; it is offered when the network runs.
@@ -53,6 +55,7 @@ pub fn record_grant(
             offered_instances: 0,
             delivered_unix: None,
             bytes_sent,
+            queued: None,
         };
         *g = Some(grant.clone());
         grant
@@ -118,12 +121,14 @@ impl Handle {
                 contact.name
             )),
         };
-        let state = self
+        let grant = self
             .blocking({
                 let (s, p) = (study_uid.clone(), contact.peer_id.clone());
                 move |store| store.grant(&s, &p)
             })
-            .await??
+            .await??;
+        let state = grant
+            .as_ref()
             .map(|g| g.state)
             .unwrap_or(GrantState::Pending);
         Ok(Shared {
@@ -132,7 +137,12 @@ impl Handle {
             name: contact.name,
             state,
             expires_unix,
-            note,
+            note: if state == GrantState::Queued {
+                None
+            } else {
+                note
+            },
+            queued: grant.and_then(|g| g.queued),
         })
     }
 
@@ -230,15 +240,56 @@ impl Handle {
                 who(c)
             )));
         };
-        self.rpc(c, &Request::Offer(Box::new(o))).await?;
+        if let Err(direct) = self.rpc(c, &Request::Offer(Box::new(o.clone()))).await {
+            if matches!(direct, NetError::Refused { .. }) || self.relays().is_empty() {
+                return Err(direct);
+            }
+            // The contact is offline: leave the study in a relay's mailbox.
+            let mut last = direct;
+            for relay in self.relays() {
+                match self.deposit(&relay, c, &o).await {
+                    Ok(expires_unix) => {
+                        let (s, p) = (study_uid.to_owned(), c.peer_id.clone());
+                        let r = relay.to_string();
+                        let r2 = r.clone();
+                        self.blocking(move |store| {
+                            store.update_grant(&s, &p, |g| {
+                                if let Some(g) = g {
+                                    g.state = GrantState::Queued;
+                                    g.offered_instances = n;
+                                    g.queued = Some(crate::store::Queued {
+                                        relay: r,
+                                        expires_unix,
+                                    });
+                                }
+                            })?;
+                            store.audit().append(
+                                "queued at relay",
+                                serde_json::json!({ "study": s, "to": p, "relay": r2, "expires_unix": expires_unix }),
+                            )
+                            .map_err(StoreError::from)
+                        })
+                        .await??;
+                        tracing::info!(study = study_uid, to = %who(c), %relay, "queued at relay");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(%relay, "deposit failed: {e}");
+                        last = e;
+                    }
+                }
+            }
+            return Err(last);
+        }
         let (s, p) = (study_uid.to_owned(), c.peer_id.clone());
         self.blocking(move |store| {
             store.update_grant(&s, &p, |g| {
                 if let Some(g) = g {
-                    if g.state == GrantState::Pending
+                    if matches!(g.state, GrantState::Pending | GrantState::Queued)
                         || (g.state == GrantState::Delivered && n > g.offered_instances)
                     {
                         g.state = GrantState::Offered;
+                        g.queued = None;
                     }
                     g.offered_instances = n;
                 }
@@ -307,7 +358,7 @@ async fn answer(net: &Handle, peer: PeerId, req: Request) -> Result<(), String> 
         Request::Offer(o) => {
             let c = contact.clone();
             let study = o.study_uid.clone();
-            net.blocking(move |s| accept_offer(s, &c, &o))
+            net.blocking(move |s| accept_offer(s, &c, &o, None))
                 .await
                 .map_err(|e| e.to_string())??;
             fetch::start(net, study, contact.peer_id.clone());
@@ -361,8 +412,14 @@ async fn answer(net: &Handle, peer: PeerId, req: Request) -> Result<(), String> 
     }
 }
 
-/// Verifies and records an offer; the download starts after.
-fn accept_offer(store: &Store, from: &Contact, o: &offer::Offer) -> Result<(), String> {
+/// Verifies and records an offer (received directly, or drained from a relay's mailbox:
+/// `via`); the download starts after.
+pub(crate) fn accept_offer(
+    store: &Store,
+    from: &Contact,
+    o: &offer::Offer,
+    via: Option<crate::store::Via>,
+) -> Result<(), String> {
     let opened = offer::open(store.keys(), from, o, now_unix()).map_err(|e| {
         let _ = store.audit().append(
             "offer refused",
@@ -388,6 +445,7 @@ fn accept_offer(store: &Store, from: &Contact, o: &offer::Offer) -> Result<(), S
                 completed_unix: None,
                 error: None,
                 acknowledged: false,
+                via,
             });
         })
         .map_err(|e| e.to_string())?;
@@ -419,10 +477,24 @@ pub(super) async fn background(net: Handle) {
                     note_addresses(&net, p, addrs).await;
                     continue;
                 }
+                Ok(swarm::Event::RelayReady(relay)) => {
+                    if let Err(e) = net.drain(relay).await {
+                        tracing::warn!(%relay, "mailbox not drained: {e}");
+                    }
+                    continue;
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
                 Err(_) => break,
             },
-            _ = tick.tick() => None,
+            _ = tick.tick() => {
+                let reserved = net.snapshot().await.map(|s| s.relays).unwrap_or_default();
+                for relay in reserved {
+                    if let Err(e) = net.drain(relay).await {
+                        tracing::debug!(%relay, "mailbox not drained: {e}");
+                    }
+                }
+                None
+            }
         };
         if let Err(e) = reconcile(&net, only).await {
             tracing::warn!("background sharing work failed: {e}");

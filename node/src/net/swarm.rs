@@ -34,7 +34,37 @@ pub struct Snapshot {
     pub listen: Vec<Multiaddr>,
     pub external: Vec<Multiaddr>,
     pub connected: Vec<PeerId>,
+    /// Relays with an active reservation.
+    pub relays: Vec<PeerId>,
 }
+
+/// The relay's PeerId in an address like `/ip4/…/tcp/…/p2p/<relay>` (before any `/p2p-circuit`).
+pub fn relay_peer(addr: &Multiaddr) -> Option<PeerId> {
+    let mut last = None;
+    for p in addr.iter() {
+        match p {
+            libp2p::multiaddr::Protocol::P2p(id) => last = Some(id),
+            libp2p::multiaddr::Protocol::P2pCircuit => return last,
+            _ => {}
+        }
+    }
+    last
+}
+
+/// The relay part of a circuit address (`<relay addr>/p2p/<relay>`), if it is one.
+pub fn relay_of_circuit(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut out = Multiaddr::empty();
+    for p in addr.iter() {
+        if matches!(p, libp2p::multiaddr::Protocol::P2pCircuit) {
+            return Some(out);
+        }
+        out.push(p);
+    }
+    None
+}
+
+/// How often a lost reservation is tried again.
+const RELAY_RETRY: Duration = Duration::from_secs(3);
 
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -49,6 +79,9 @@ pub(crate) enum Command {
         addrs: Vec<Multiaddr>,
     },
     Snapshot(oneshot::Sender<Snapshot>),
+    /// Keep a reservation on this relay (full address with `/p2p/<relay>`) and advertise the
+    /// circuit addresses it gives.
+    UseRelay(Multiaddr),
 }
 
 /// Things other tasks react to.
@@ -57,6 +90,8 @@ pub enum Event {
     Connected(PeerId),
     /// A peer told us where it listens (identify).
     Addresses(PeerId, Vec<Multiaddr>),
+    /// A relay accepted our reservation: time to look into its mailbox.
+    RelayReady(PeerId),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,9 +169,25 @@ pub(crate) async fn run(
     let mut waiting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
     let mut listen: Vec<Multiaddr> = Vec::new();
     let mut connected: HashSet<PeerId> = HashSet::new();
+    // Relay address -> its circuit listener while one is open.
+    let mut relays: HashMap<Multiaddr, Option<libp2p::core::transport::ListenerId>> =
+        HashMap::new();
+    let mut reserved: HashSet<PeerId> = HashSet::new();
+    let mut retry = tokio::time::interval(RELAY_RETRY);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            _ = retry.tick() => {
+                for (addr, listener) in relays.iter_mut() {
+                    if listener.is_none() {
+                        let circuit = addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+                        match swarm.listen_on(circuit) {
+                            Ok(id) => *listener = Some(id),
+                            Err(e) => tracing::warn!(relay = %addr, "cannot use relay: {e}"),
+                        }
+                    }
+                }
+            }
             cmd = commands.recv() => {
                 let Some(cmd) = cmd else { break };
                 match cmd {
@@ -173,7 +224,19 @@ pub(crate) async fn run(
                             listen: listen.clone(),
                             external: swarm.external_addresses().cloned().collect(),
                             connected: connected.iter().copied().collect(),
+                            relays: reserved.iter().copied().collect(),
                         });
+                    }
+                    Command::UseRelay(addr) => {
+                        if let Some(peer) = relay_peer(&addr) {
+                            let base: Multiaddr = addr
+                                .iter()
+                                .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+                                .collect();
+                            swarm.add_peer_address(peer, base);
+                        }
+                        relays.entry(addr).or_insert(None);
+                        retry.reset_immediately();
                     }
                 }
             }
@@ -183,6 +246,29 @@ pub(crate) async fn run(
                     listen.push(address);
                 }
                 SwarmEvent::ExpiredListenAddr { address, .. } => listen.retain(|a| *a != address),
+                SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                    for (addr, l) in relays.iter_mut() {
+                        if *l == Some(listener_id) {
+                            *l = None;
+                            if let Some(p) = relay_peer(addr) {
+                                reserved.remove(&p);
+                            }
+                            match &reason {
+                                Ok(()) => tracing::info!(relay = %addr, "relay reservation ended; renewing"),
+                                Err(e) => tracing::warn!(relay = %addr, "relay refused or unreachable: {e}"),
+                            }
+                        }
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                    relay::client::Event::ReservationReqAccepted { relay_peer_id, renewal, .. },
+                )) => {
+                    reserved.insert(relay_peer_id);
+                    if !renewal {
+                        tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                    }
+                    let _ = events.send(Event::RelayReady(relay_peer_id));
+                }
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                     tracing::debug!(peer = %peer_id, relayed = endpoint.is_relayed(), "connected");
                     connected.insert(peer_id);

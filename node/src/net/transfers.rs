@@ -89,6 +89,7 @@ pub fn list(
             _ if now >= g.expires_unix => "expired",
             GrantState::Pending => "pending",
             GrantState::Offered => "offered",
+            GrantState::Queued => "queued",
             GrantState::Delivered => "delivered",
         };
         out.push(TransferView {
@@ -106,7 +107,10 @@ pub fn list(
             blobs_total: study.map(|s| s.instance_count).unwrap_or(0),
             rate_bytes_per_sec: 0.0,
             expires_unix: g.expires_unix,
-            error: None,
+            error: g
+                .queued
+                .as_ref()
+                .map(|q| format!("waiting at relay {}", q.relay)),
             bytes_sent: Some(g.bytes_sent),
             study_uid: g.study_uid,
             peer_id: g.peer_id,

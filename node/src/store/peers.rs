@@ -53,6 +53,8 @@ pub enum GrantState {
     Pending,
     /// The contact accepted the offer and is fetching.
     Offered,
+    /// The contact was offline: the offer and the study's blobs wait in a relay's mailbox.
+    Queued,
     /// The contact confirmed it holds every instance.
     Delivered,
     Revoked,
@@ -73,6 +75,26 @@ pub struct Grant {
     /// Bytes of blobs this node sent for the grant.
     #[serde(default)]
     pub bytes_sent: u64,
+    /// Where the study waits when the contact was offline.
+    #[serde(default)]
+    pub queued: Option<Queued>,
+}
+
+/// A deposit in a relay's mailbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Queued {
+    /// The relay's address, with `/p2p/<relay>`.
+    pub relay: String,
+    pub expires_unix: u64,
+}
+
+/// Where an inbound study's blobs come from when not from the sender itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Via {
+    /// The relay's PeerId.
+    pub relay: String,
+    /// The mailbox item.
+    pub item: String,
 }
 
 impl Grant {
@@ -108,6 +130,9 @@ pub struct Inbound {
     /// Whether the sender has been told the study arrived complete.
     #[serde(default)]
     pub acknowledged: bool,
+    /// Set when the study is drained from a relay's mailbox.
+    #[serde(default)]
+    pub via: Option<Via>,
 }
 
 impl Store {
