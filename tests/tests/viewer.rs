@@ -98,7 +98,7 @@ fn two_nodes_pair_share_and_transfer_through_the_web_ui() -> Result<()> {
         work.path(),
         &study,
         &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
-        12,
+        24,
         256,
         256,
     )?;
@@ -106,7 +106,8 @@ fn two_nodes_pair_share_and_transfer_through_the_web_ui() -> Result<()> {
     let (code, r) = clinic.import(&[work.path()])?;
     assert_eq!(code, 0, "{r}");
     let phone = Node::init_named("patient", "Ann phone")?;
-    let a = clinic.serve(&[])?;
+    // Slowed down (each blob waits before it is sent), so that the page sees the transfer move.
+    let a = clinic.serve_with_env(&[], &[(discless::net::TEST_SEND_DELAY_ENV, "400")])?;
     let b = phone.serve(&[])?;
     let shots = workspace_root().join("target/browser-screenshots");
     std::fs::create_dir_all(&shots)?;

@@ -70,10 +70,15 @@ fn online<'a>(state: &'a AppState, what: &str) -> ApiResult<&'a net::Handle> {
 }
 
 fn duration(field: &str, given: Option<&str>, default: &str) -> ApiResult<Duration> {
-    let text = given.map(str::trim).filter(|s| !s.is_empty()).unwrap_or(default);
+    let text = given
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .unwrap_or(default);
     match humantime::parse_duration(text) {
         Ok(d) if !d.is_zero() => Ok(d),
-        Ok(_) => Err(ApiError::bad_request(format!("{field} must be longer than 0"))),
+        Ok(_) => Err(ApiError::bad_request(format!(
+            "{field} must be longer than 0"
+        ))),
         Err(e) => Err(ApiError::bad_request(format!(
             "{field} {text:?} is not a duration like 15m, 2h or 30d: {e}"
         ))),
@@ -167,7 +172,9 @@ async fn pair_status(
     let net = online(&state, "pairing")?;
     let t = ticket::Ticket::decode(&req.ticket).map_err(net::NetError::from)?;
     if t.peer_id != net.peer_id() {
-        return Err(ApiError::bad_request("this ticket was not issued by this node"));
+        return Err(ApiError::bad_request(
+            "this ticket was not issued by this node",
+        ));
     }
     let token = hex::encode(t.token);
     // Subscribe before looking, so that a pairing between the look and the wait is not missed.
@@ -178,7 +185,9 @@ async fn pair_status(
     }
     let wait = Duration::from_secs(req.wait)
         .min(MAX_STATUS_WAIT)
-        .min(Duration::from_secs(t.expires_unix.saturating_sub(now_unix())));
+        .min(Duration::from_secs(
+            t.expires_unix.saturating_sub(now_unix()),
+        ));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -534,13 +543,22 @@ mod tests {
             let body = serde_json::json!({ "ticket": "discless:pair/AAAA" });
             let (status, v) = call(&app, method, uri, body).await;
             assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{uri}");
-            assert!(v["error"].as_str().unwrap().contains("discless serve"), "{v}");
+            assert!(
+                v["error"].as_str().unwrap().contains("discless serve"),
+                "{v}"
+            );
         }
         let (status, v) = call(&app, "GET", "/api/contacts", serde_json::Value::Null).await;
         assert_eq!((status, v), (StatusCode::OK, serde_json::json!([])));
         let (status, v) = call(&app, "GET", "/api/transfers", serde_json::Value::Null).await;
         assert_eq!((status, v), (StatusCode::OK, serde_json::json!([])));
-        let (status, v) = call(&app, "DELETE", "/api/contacts/nobody", serde_json::Value::Null).await;
+        let (status, v) = call(
+            &app,
+            "DELETE",
+            "/api/contacts/nobody",
+            serde_json::Value::Null,
+        )
+        .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
     }
 
@@ -549,27 +567,63 @@ mod tests {
         let (_da, clinic, na) = node(Role::Clinic, "Riverside Clinic").await;
         let (_db, phone, nb) = node(Role::Patient, "Ann's phone").await;
 
-        let (status, v) = call(&clinic, "POST", "/api/pair", serde_json::json!({ "expires": "2 parsecs" })).await;
+        let (status, v) = call(
+            &clinic,
+            "POST",
+            "/api/pair",
+            serde_json::json!({ "expires": "2 parsecs" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-        let (status, issued) = call(&clinic, "POST", "/api/pair", serde_json::json!({ "expires": "5m" })).await;
+        let (status, issued) = call(
+            &clinic,
+            "POST",
+            "/api/pair",
+            serde_json::json!({ "expires": "5m" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{issued}");
         let ticket = issued["ticket"].as_str().unwrap().to_owned();
-        assert!(issued["svg"].as_str().unwrap().starts_with("<?xml") || issued["svg"].as_str().unwrap().contains("<svg"));
+        assert!(
+            issued["svg"].as_str().unwrap().starts_with("<?xml")
+                || issued["svg"].as_str().unwrap().contains("<svg")
+        );
         let expires = issued["expires_unix"].as_u64().unwrap();
         assert!(expires > now_unix() + 200 && expires <= now_unix() + 300);
 
-        let (status, v) = call(&clinic, "POST", "/api/pair/status", serde_json::json!({ "ticket": ticket })).await;
-        assert_eq!((status, v["state"].as_str()), (StatusCode::OK, Some("waiting")));
+        let (status, v) = call(
+            &clinic,
+            "POST",
+            "/api/pair/status",
+            serde_json::json!({ "ticket": ticket }),
+        )
+        .await;
+        assert_eq!(
+            (status, v["state"].as_str()),
+            (StatusCode::OK, Some("waiting"))
+        );
 
         // The issuer waits while the phone scans.
         let waiting = {
             let clinic = clinic.clone();
             let ticket = ticket.clone();
             tokio::spawn(async move {
-                call(&clinic, "POST", "/api/pair/status", serde_json::json!({ "ticket": ticket, "wait": 20 })).await
+                call(
+                    &clinic,
+                    "POST",
+                    "/api/pair/status",
+                    serde_json::json!({ "ticket": ticket, "wait": 20 }),
+                )
+                .await
             })
         };
-        let (status, paired) = call(&phone, "POST", "/api/pair/accept", serde_json::json!({ "ticket": ticket })).await;
+        let (status, paired) = call(
+            &phone,
+            "POST",
+            "/api/pair/accept",
+            serde_json::json!({ "ticket": ticket }),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{paired}");
         assert_eq!(paired["name"], "Riverside Clinic");
         let sas = paired["sas"].as_str().unwrap();
@@ -580,16 +634,46 @@ mod tests {
         assert_eq!(seen["paired"]["sas"], sas);
         assert_eq!(seen["paired"]["name"], "Ann's phone");
         // Later looks say the same, from the store.
-        let (_, again) = call(&clinic, "POST", "/api/pair/status", serde_json::json!({ "ticket": ticket })).await;
+        let (_, again) = call(
+            &clinic,
+            "POST",
+            "/api/pair/status",
+            serde_json::json!({ "ticket": ticket }),
+        )
+        .await;
         assert_eq!(again["paired"]["sas"], sas);
 
         // Refusals: a reused ticket, a malformed one, somebody else's ticket to look up.
-        let (status, v) = call(&phone, "POST", "/api/pair/accept", serde_json::json!({ "ticket": ticket })).await;
+        let (status, v) = call(
+            &phone,
+            "POST",
+            "/api/pair/accept",
+            serde_json::json!({ "ticket": ticket }),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-        let (status, v) = call(&phone, "POST", "/api/pair/accept", serde_json::json!({ "ticket": "hello" })).await;
+        let (status, v) = call(
+            &phone,
+            "POST",
+            "/api/pair/accept",
+            serde_json::json!({ "ticket": "hello" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
-        assert!(v["error"].as_str().unwrap().contains("not a Discless pairing ticket"), "{v}");
-        let (status, _) = call(&phone, "POST", "/api/pair/status", serde_json::json!({ "ticket": ticket })).await;
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("not a Discless pairing ticket"),
+            "{v}"
+        );
+        let (status, _) = call(
+            &phone,
+            "POST",
+            "/api/pair/status",
+            serde_json::json!({ "ticket": ticket }),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
 
         let (status, list) = call(&phone, "GET", "/api/contacts", serde_json::Value::Null).await;
@@ -601,10 +685,25 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         assert_eq!(info["contacts_online"][0]["name"], "Riverside Clinic");
 
-        let (status, v) = call(&clinic, "POST", "/api/share", serde_json::json!({ "study": "1.2.3", "to": "Ann" })).await;
+        let (status, v) = call(
+            &clinic,
+            "POST",
+            "/api/share",
+            serde_json::json!({ "study": "1.2.3", "to": "Ann" }),
+        )
+        .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
-        let (status, v) = call(&phone, "DELETE", "/api/contacts/Riverside", serde_json::Value::Null).await;
-        assert_eq!((status, v["name"].as_str()), (StatusCode::OK, Some("Riverside Clinic")));
+        let (status, v) = call(
+            &phone,
+            "DELETE",
+            "/api/contacts/Riverside",
+            serde_json::Value::Null,
+        )
+        .await;
+        assert_eq!(
+            (status, v["name"].as_str()),
+            (StatusCode::OK, Some("Riverside Clinic"))
+        );
         let (_, list) = call(&phone, "GET", "/api/contacts", serde_json::Value::Null).await;
         assert_eq!(list, serde_json::json!([]));
         na.shutdown().await;
