@@ -1,7 +1,8 @@
 //! The node's HTTP server (axum): the web viewer, a JSON API, and DICOMweb under `/dicomweb`.
 //!
 //! * `/` and its files: the viewer from `web/`, embedded in the binary;
-//! * `/api/...`: JSON for the viewer and for the CLI (`api.rs`); `/api/control/...` lets the CLI
+//! * `/api/...`: JSON for the viewer and for the CLI (`api.rs`), and for the pairing, contacts,
+//!   sharing and transfers pages (`p2p.rs`); `/api/control/...` lets the CLI
 //!   run imports and exports through a running server, since sled allows one process per home;
 //!   it requires the token written to `<home>/serve.json` (mode 0600), even on loopback, because
 //!   other local users can reach loopback too;
@@ -19,6 +20,7 @@ mod auth;
 mod control;
 mod dicomweb;
 mod error;
+mod p2p;
 mod web;
 
 use std::net::SocketAddr;
@@ -119,7 +121,7 @@ pub fn router(state: AppState, cors_origins: &[String]) -> Router {
     let app = Router::new()
         .route("/", get(web::index))
         .route("/login", get(auth::login_page).post(auth::login))
-        .nest("/api", api::router())
+        .nest("/api", api::router().merge(p2p::router()))
         .nest("/dicomweb", dicomweb::router())
         .route("/{*path}", get(web::asset))
         .layer(axum::middleware::from_fn_with_state(

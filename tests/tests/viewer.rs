@@ -1,7 +1,8 @@
 //! The web viewer in real headless Chromium (Debian's, driven by playwright-core), against a real
 //! `discless serve`: phone and desktop, slice scrolling, window/level, pixels equal to the
-//! server's own rendering, a length measurement in mm. Screenshots go to
-//! `target/browser-screenshots/`.
+//! server's own rendering, a length measurement in mm; and the peer-to-peer pages across two
+//! real nodes: pair by pasting the ticket, the same code on both screens, share, watch the
+//! transfer complete, revoke. Screenshots go to `target/browser-screenshots/`.
 
 use std::path::PathBuf;
 
@@ -63,6 +64,79 @@ fn viewer_scrolls_windows_and_measures_on_phone_and_desktop() -> Result<()> {
     assert_eq!(v["ok"], true);
     for f in ["viewer-phone.png", "viewer-desktop.png"] {
         assert!(shots.join(f).is_file(), "missing screenshot {f}");
+    }
+    Ok(())
+}
+
+/// Runs one script of `tests/browser` and checks its JSON verdict.
+fn run_script(browser_dir: &std::path::Path, script: &str, args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("node")
+        .current_dir(browser_dir)
+        .arg(script)
+        .args(args)
+        .output()?;
+    let report = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    println!("{report}");
+    assert!(out.status.success(), "{script} checks failed:\n{report}");
+    let v: serde_json::Value = serde_json::from_str(&report)?;
+    assert_eq!(v["ok"], true);
+    Ok(())
+}
+
+#[test]
+fn two_nodes_pair_share_and_transfer_through_the_web_ui() -> Result<()> {
+    let Some(browser_dir) = browser_ready() else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let study = StudySpec {
+        study_instance_uid: fx::uid("tests/viewer/p2p"),
+        ..StudySpec::default()
+    };
+    fx::ct_series(
+        work.path(),
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
+        24,
+        256,
+        256,
+    )?;
+    let clinic = Node::init_named("clinic", "Riverside Clinic")?;
+    let (code, r) = clinic.import(&[work.path()])?;
+    assert_eq!(code, 0, "{r}");
+    let phone = Node::init_named("patient", "Ann phone")?;
+    // Slowed down (each blob waits before it is sent), so that the page sees the transfer move.
+    let a = clinic.serve_with_env(&[], &[(discless::net::TEST_SEND_DELAY_ENV, "400")])?;
+    let b = phone.serve(&[])?;
+    let shots = workspace_root().join("target/browser-screenshots");
+    std::fs::create_dir_all(&shots)?;
+    run_script(
+        &browser_dir,
+        "p2p.mjs",
+        &[
+            "--a",
+            &a.url,
+            "--b",
+            &b.url,
+            "--study",
+            &study.study_instance_uid,
+            "--out",
+            &shots.to_string_lossy(),
+        ],
+    )?;
+    // What the browser saw is what the nodes hold: B has the study, A's audit has the story.
+    drop(b);
+    let held: Vec<String> = phone
+        .studies()?
+        .iter()
+        .filter_map(|s| s["study_instance_uid"].as_str().map(str::to_owned))
+        .collect();
+    assert!(held.contains(&study.study_instance_uid), "{held:?}");
+    drop(a);
+    let audit = clinic.json(&["audit", "--json"])?.to_string();
+    for action in ["ticket issued", "paired", "shared", "revoked"] {
+        assert!(audit.contains(action), "audit lacks {action:?}: {audit}");
     }
     Ok(())
 }

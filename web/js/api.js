@@ -12,10 +12,15 @@ export class ApiError extends Error {
 
 const enc = encodeURIComponent;
 
-async function request(url, accept, signal) {
+async function request(url, accept, signal, init = {}) {
   let res;
   try {
-    res = await fetch(url, { headers: { Accept: accept }, signal, credentials: 'same-origin' });
+    res = await fetch(url, {
+      ...init,
+      headers: { Accept: accept, ...init.headers },
+      signal,
+      credentials: 'same-origin',
+    });
   } catch (err) {
     if (err.name === 'AbortError') throw err;
     throw new ApiError('the node did not answer', 0);
@@ -52,6 +57,40 @@ export const study = (uid, signal) => json(`/api/studies/${enc(uid)}`, signal);
 export const tags = (sop, signal) => json(`/api/instances/${enc(sop)}/tags`, signal);
 /** GET /api/audit → {entries: [...]}. */
 export const audit = (signal) => json('/api/audit', signal);
+
+/** Sends JSON with `method` and reads the JSON answer. */
+async function send(method, url, body, signal) {
+  const init = { method };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers = { 'Content-Type': 'application/json' };
+  }
+  const res = await request(url, 'application/json', signal, init);
+  return res.json();
+}
+
+// Peer to peer (node/src/http/p2p.rs). Pairing answers 503 when the node's network is not running.
+
+/** GET /api/p2p → {peer_id, listen, external, contacts_online: [{peer_id, name}]}. */
+export const p2p = (signal) => json('/api/p2p', signal);
+/** POST /api/pair → {ticket, expires_unix, for_patient, peer_id, addrs, svg}. */
+export const newTicket = (opts, signal) => send('POST', '/api/pair', opts, signal);
+/** POST /api/pair/status → {state: 'waiting'|'paired'|'expired', paired}; waits up to `wait` s. */
+export const ticketStatus = (ticket, wait, signal) => send('POST', '/api/pair/status', { ticket, wait }, signal);
+/** POST /api/pair/accept → {peer_id, name, role, sas, paired_unix}. */
+export const acceptTicket = (ticket, signal) => send('POST', '/api/pair/accept', { ticket }, signal);
+/** GET /api/contacts → [{peer_id, name, role, paired_unix, sas, online, for_patient}]. */
+export const contacts = (signal) => json('/api/contacts', signal);
+/** DELETE /api/contacts/{peer} → {removed, name, grants_revoked}. */
+export const removeContact = (peer, signal) => send('DELETE', `/api/contacts/${enc(peer)}`, undefined, signal);
+/** GET /api/studies/{uid}/shares → [{peer_id, name, state, active, expires_unix, delivered_unix}]. */
+export const shares = (uid, signal) => json(`/api/studies/${enc(uid)}/shares`, signal);
+/** POST /api/share → {study_uid, peer_id, name, state, expires_unix, note}. */
+export const share = (study, to, expires, signal) => send('POST', '/api/share', { study, to, expires }, signal);
+/** POST /api/revoke → {study_uid, peer_id, revoked, notified}. */
+export const revoke = (study, from, signal) => send('POST', '/api/revoke', { study, from }, signal);
+/** GET /api/transfers → both directions: [{direction, study_uid, peer_name, state, bytes_done, bytes_total, ...}]. */
+export const transfers = (signal) => json('/api/transfers', signal);
 
 /** A frame's address: {study, series, sop, frame} with frame 1-based, as in WADO-RS. */
 export function frameUrl(ref) {

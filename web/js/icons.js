@@ -17,6 +17,7 @@ const PATHS = {
   tags: 'M4 6h16 M4 12h16 M4 18h10',
   back: 'M15 5l-7 7 7 7',
   close: 'M6 6l12 12 M18 6L6 18',
+  share: 'M12 15V3 M7 8l5-5 5 5 M5 12v8h14v-8',
 };
 
 /** An inline SVG icon, hidden from assistive technology. */

@@ -5,6 +5,7 @@
 import * as api from './api.js';
 import { h, uniqueId } from './dom.js';
 import * as fmt from './format.js';
+import { navBar } from './nav.js';
 import { notifyError } from './notify.js';
 import { studyHref } from './router.js';
 
@@ -27,6 +28,7 @@ export function studiesPage(root) {
   const page = h(
     'div',
     { class: 'page studies-page' },
+    navBar('studies'),
     h(
       'header',
       { class: 'page-head' },

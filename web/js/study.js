@@ -8,7 +8,7 @@ import { h, uniqueId } from './dom.js';
 import * as fmt from './format.js';
 import { icon } from './icons.js';
 import { notifyError } from './notify.js';
-import { replaceHash, studiesHref, studyHref } from './router.js';
+import { replaceHash, shareHref, studiesHref, studyHref } from './router.js';
 import { isImage } from './stack.js';
 import { TagPanel } from './tags.js';
 import { Viewer } from './viewer.js';
@@ -55,6 +55,12 @@ export function studyPage(root, route) {
         icon('back'),
       ),
       h('div', { class: 'study-title' }, title, subtitle),
+      h(
+        'a',
+        { class: 'tool share-link', href: shareHref(route.study), title: 'Share this study with a contact' },
+        icon('share'),
+        h('span', { class: 'tool-label' }, 'Share'),
+      ),
       tagsButton,
     ),
     body,

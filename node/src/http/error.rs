@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::dicom::export::ExportError;
+use crate::net::NetError;
 use crate::store::StoreError;
 
 /// An error answered as `{"error": "..."}` with a status. Messages name the resource and the
@@ -51,7 +52,30 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NoSuchStudy(_) => ApiError::not_found("no such study"),
-            StoreError::AmbiguousStudy { .. } => ApiError::bad_request(e.to_string()),
+            StoreError::NoSuchContact(_) => ApiError::not_found(e.to_string()),
+            StoreError::AmbiguousStudy { .. } | StoreError::AmbiguousContact { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Network errors carry names and PeerIds (never PHI), and say what to do, so they are shown as
+/// they are. A peer that cannot be reached or misbehaves is the upstream's failure (502); a bad,
+/// expired or refused ticket is the request's (400).
+impl From<NetError> for ApiError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Store(s) => s.into(),
+            NetError::Ticket(_) | NetError::Invalid(_) | NetError::Refused { .. } => {
+                ApiError::bad_request(e.to_string())
+            }
+            NetError::Unreachable { .. } | NetError::Protocol { .. } => {
+                tracing::warn!("{e}");
+                ApiError::new(StatusCode::BAD_GATEWAY, e.to_string())
+            }
+            NetError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             other => ApiError::internal(other),
         }
     }

@@ -249,6 +249,11 @@ impl Store {
         self.put_at(self.peer_slot(b"t/", &[&t.token]), t)
     }
 
+    /// A ticket this node issued, by its token (hex).
+    pub fn ticket(&self, token: &str) -> Result<Option<Ticket>, StoreError> {
+        self.get(&self.peer_slot(b"t/", &[token]))
+    }
+
     pub fn update_ticket<R>(
         &self,
         token: &str,
