@@ -6,10 +6,15 @@
 //! number of bytes on one core (the floor cost of encrypting at all). Peak RSS is the process's
 //! high-water mark, reset (`/proc/self/clear_refs`) after the fixtures are generated and the
 //! keystore is created, so it counts the import alone.
+//!
+//! `bench transfer` (in [`transfer`]) shares a study between two node processes and compares
+//! it with a bare libp2p stream and a plain TCP copy of the same bytes.
 
 mod dimse;
+mod transfer;
 
 pub use self::dimse::{dimse, DimseBench};
+pub use self::transfer::{transfer, TransferBench};
 
 use std::path::Path;
 use std::time::Instant;

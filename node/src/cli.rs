@@ -316,6 +316,18 @@ pub enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A study shared between two nodes on loopback (TCP and QUIC) vs a bare libp2p stream and
+    /// a plain TCP copy of the same bytes: MB/s, first instance viewable, CPU per MB, peak RSS.
+    Transfer {
+        /// Slices of the generated CT series.
+        #[arg(long, default_value_t = 300)]
+        instances: u32,
+        /// Rows and columns of each slice.
+        #[arg(long, default_value_t = 512, hide = true)]
+        size: u16,
+        #[arg(long)]
+        json: bool,
+    },
     /// C-STORE ingest: dcmtk's storescu into the node vs into dcmtk's storescp (and Orthanc).
     Dimse {
         /// Slices of the generated 512x512 CT series, sent in one association.
@@ -486,6 +498,18 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         }) => {
             let r = crate::bench::import(input.as_deref(), instances, default_workers())
                 .map_err(CliError::Bench)?;
+            output::json(&mut stdout, &r)?;
+            Ok(Outcome::Success)
+        }
+        Command::Bench(BenchCommand::Transfer {
+            instances,
+            size,
+            json: _,
+        }) => {
+            // The two nodes are this very binary, started as `serve`.
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::Bench(format!("cannot find this program: {e}")))?;
+            let r = crate::bench::transfer(&exe, instances, size).map_err(CliError::Bench)?;
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }

@@ -541,7 +541,10 @@ async fn commit_loop(
         if let Ok(Some(e)) = next {
             batch.push(e);
         }
-        if !batch.is_empty() && (closed || last.elapsed() >= COMMIT_EVERY || batch.len() >= 64) {
+        // Until something is visible, each arrival is committed at once, so the first image
+        // can be opened while the rest is still coming; later batches amortise the sync.
+        let due = committed == 0 || closed || last.elapsed() >= COMMIT_EVERY || batch.len() >= 64;
+        if !batch.is_empty() && due {
             let b = std::mem::take(&mut batch);
             let (key, attrs, s) = (key.clone(), attrs.clone(), study.to_owned());
             committed += net

@@ -1,0 +1,78 @@
+//! `discless bench transfer` end to end at a tiny size: two real `serve` processes per
+//! transport, the bare libp2p and TCP references, and the JSON a script reads. Only the shape and
+//! the sanity of the figures are checked, never wall-clock limits: this machine is shared.
+
+use anyhow::{ensure, Context, Result};
+use discless_tests::bin;
+use serde_json::Value;
+
+fn positive(v: &Value, what: &str) -> Result<f64> {
+    let x = v
+        .as_f64()
+        .with_context(|| format!("{what} is missing or not a number: {v}"))?;
+    ensure!(x.is_finite() && x > 0.0, "{what} = {x}");
+    Ok(x)
+}
+
+#[test]
+fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
+    let out = std::process::Command::new(bin())
+        .args([
+            "bench",
+            "transfer",
+            "--instances",
+            "10",
+            "--size",
+            "64",
+            "--json",
+        ])
+        .env_remove("DISCLESS_HOME")
+        .env_remove("DISCLESS_LOG")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "bench transfer failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(v["bench"] == "transfer", "{v}");
+    ensure!(v["instances"] == 10, "{v}");
+    let bytes = positive(&v["bytes"], "bytes")?;
+    // Ten 64x64 16-bit slices plus headers, sealed.
+    ensure!(bytes > 10.0 * 64.0 * 64.0 * 2.0, "bytes = {bytes}");
+    positive(&v["tokio_tcp"]["mb_per_s"], "tokio_tcp.mb_per_s")?;
+    let runs = v["transports"].as_array().context("no transports")?;
+    let names: Vec<&str> = runs
+        .iter()
+        .filter_map(|r| r["transport"].as_str())
+        .collect();
+    ensure!(names == ["tcp+noise+yamux", "quic-v1"], "{names:?}");
+    for r in runs {
+        let t = r["transport"].as_str().unwrap_or_default();
+        let node = &r["node"];
+        positive(&node["mb_per_s"], &format!("{t} node.mb_per_s"))?;
+        let first = positive(
+            &node["first_viewable_ms"],
+            &format!("{t} first_viewable_ms"),
+        )?;
+        let total = positive(&node["seconds"], &format!("{t} node.seconds"))?;
+        ensure!(first <= total * 1e3, "{t}: first instance after the last");
+        for side in ["sender", "receiver"] {
+            positive(
+                &node[side]["peak_rss_mb"],
+                &format!("{t} {side}.peak_rss_mb"),
+            )?;
+            ensure!(
+                node[side]["cpu_s"].as_f64().is_some_and(|c| c >= 0.0),
+                "{t} {side}.cpu_s: {}",
+                node[side]
+            );
+        }
+        positive(&r["bare_libp2p"]["mb_per_s"], &format!("{t} bare mb_per_s"))?;
+        positive(&r["ratio_to_bare_libp2p"], &format!("{t} ratio"))?;
+        ensure!(r["meets"]["rss"].is_boolean(), "{r}");
+    }
+    ensure!(v["meets_targets"].is_boolean(), "{v}");
+    Ok(())
+}
