@@ -348,6 +348,7 @@ pub fn python_with(module: &str) -> Option<PathBuf> {
 }
 
 /// A `discless-relay serve` process on loopback, stopped (by PID) when dropped.
+#[derive(Debug)]
 pub struct Relay {
     pub child: std::process::Child,
     pub data: PathBuf,

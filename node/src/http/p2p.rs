@@ -408,6 +408,7 @@ async fn share(
                 name: c.name,
                 state: GrantState::Pending,
                 expires_unix,
+                queued: None,
                 note: Some(
                     "recorded; it is offered when `discless serve` runs on this node".into(),
                 ),
@@ -504,6 +505,7 @@ mod tests {
         let config = net::Config {
             listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
             mdns: false,
+            relays: Vec::new(),
         };
         let n = net::start(s.clone(), config).await.unwrap();
         let app = super::super::router(
