@@ -137,6 +137,9 @@ pub(crate) struct Inner {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Relays in use: configured ones and those learned from contacts' circuit addresses.
     relays: Mutex<Vec<Multiaddr>>,
+    /// What identify last told us about each peer's addresses; identify runs when a
+    /// connection opens, before a pairing makes the peer a contact.
+    seen: Mutex<HashMap<PeerId, Vec<String>>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -181,6 +184,7 @@ pub async fn start(store: Store, config: Config) -> Result<Handle, NetError> {
             offering: tokio::sync::Mutex::new(()),
             tasks: Mutex::default(),
             relays: Mutex::default(),
+            seen: Mutex::default(),
         }),
     };
     handle.spawn(swarm::run(swarm, cmd_rx, ev_tx, cancel));
@@ -363,6 +367,21 @@ impl Handle {
             v.extend(c.addrs.iter().filter_map(|a| a.parse().ok()));
         }
         v
+    }
+
+    pub(crate) fn note_seen(&self, peer: PeerId, addrs: Vec<String>) {
+        if let Ok(mut m) = self.inner.seen.lock() {
+            m.insert(peer, addrs);
+        }
+    }
+
+    pub(crate) fn seen(&self, peer: &PeerId) -> Vec<String> {
+        self.inner
+            .seen
+            .lock()
+            .ok()
+            .and_then(|m| m.get(peer).cloned())
+            .unwrap_or_default()
     }
 
     /// Tells the swarm where a contact was last seen.

@@ -279,7 +279,7 @@ async fn issuer_side(net: &Handle, peer: PeerId, req: PairRequest) -> Result<Pai
             crate::store::StoreError::Malformed { reason, .. } => reason,
             other => other.to_string(),
         })?;
-    // The scanner's addresses arrive with identify; `share::background` records them.
+    // The scanner's addresses came with identify when it connected (`share::note_addresses`).
     let contact = Contact {
         peer_id: peer.to_string(),
         name: req.card.name.clone(),
@@ -287,7 +287,7 @@ async fn issuer_side(net: &Handle, peer: PeerId, req: PairRequest) -> Result<Pai
         sas: card::sas(&token_bytes, net.card(), &req.card),
         card: req.card,
         paired_unix: now_unix(),
-        addrs: Vec::new(),
+        addrs: net.seen(&peer),
         patient_id: ticket.patient_id,
     };
     net.record_pairing(contact, "issued", Some(req.token.clone()))

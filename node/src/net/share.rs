@@ -509,6 +509,7 @@ async fn note_addresses(net: &Handle, peer: PeerId, addrs: Vec<libp2p::Multiaddr
         .filter(|a| !super::is_unspecified(a))
         .map(ToString::to_string)
         .collect();
+    net.note_seen(peer, addrs.clone());
     let _ = net
         .blocking(move |s| {
             s.update_contact(&p, |c| {
