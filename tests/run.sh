@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every Discless test: formatting, lints, unit and end-to-end tests, and the demo check.
+# Runs every Discless test: formatting, lints, unit and end-to-end tests (the demo check is one:
+# tests/tests/demo.rs).
 # Installs what the tests need when it is missing (Debian packages; cargo-nextest), so that a
 # fresh machine and CI behave alike. Under CI=true no test may skip for a missing tool.
 set -euo pipefail
@@ -30,4 +31,3 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
-cargo run -q -p discless -- demo --check

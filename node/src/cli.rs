@@ -205,16 +205,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the demo: a synthetic CT and radiograph through import, CD export and re-import,
-    /// checked byte for byte.
+    /// Run the whole journey on this machine: a clinic's relay, a clinic node receiving a CT and
+    /// a radiograph from a modality over DICOM, a patient's phone pairing by QR and receiving
+    /// them, and a doctor's node, offline when the patient shares, receiving the CT from the
+    /// relay's mailbox. Prints each step and each web UI, and stays up until Ctrl-C.
     Demo {
-        /// CT slices to generate.
+        /// CT slices to generate (512x512 each).
         #[arg(long, default_value_t = 60)]
         slices: u32,
-        /// Keep the demo's homes and files in this folder instead of a temporary one.
+        /// Keep the demo's homes, logs and files in this folder instead of a temporary one.
         #[arg(long, value_name = "DIR")]
         keep: Option<PathBuf>,
-        /// Run without pausing and exit non-zero unless every step worked (used by the tests).
+        /// Listen on eight consecutive loopback ports from this one (relay, then the web UIs of
+        /// clinic, phone and doctor, the clinic's DICOM port, then their peer-to-peer ports);
+        /// 0 picks free ports.
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        port_base: u16,
+        /// Run straight through and exit: 0 only when every step worked and the doctor's CT is
+        /// byte-identical to what the modality sent (used by the tests).
         #[arg(long)]
         check: bool,
     },
@@ -476,9 +484,18 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Demo {
             slices,
             keep,
-            check: _,
+            port_base,
+            check,
         } => {
-            crate::demo::run(slices, keep.as_deref())?;
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::Failed(format!("cannot find this program's path: {e}")))?;
+            crate::demo::run(&crate::demo::Options {
+                slices,
+                keep,
+                port_base,
+                check,
+                exe,
+            })?;
             Ok(Outcome::Success)
         }
         Command::Bench(BenchCommand::Serve { instances, json: _ }) => {

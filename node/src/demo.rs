@@ -1,195 +1,181 @@
-//! `discless demo`: what the node does today, end to end, on a synthetic patient.
+//! `discless demo`: the whole journey on one machine, with real processes on loopback.
 //!
-//! It generates a chest CT and a chest radiograph (the fixtures generator), creates a node in a
-//! temporary home, imports both studies, lists them, exports the CT as a CD (DICOM files +
-//! DICOMDIR), imports that CD into a second node (a patient's, say) and checks that every file
-//! that comes out is byte-identical to what went in. Each step prints what it did and how long it
-//! took. `--check` prints the same and exits non-zero on any difference; it is part of the tests.
+//! A clinic's relay runs in this process; the clinic, the patient's phone and the doctor are
+//! each a `discless serve` process of this binary on its own temporary home, talking over real
+//! sockets:
 //!
-//! The peer-to-peer journey (pairing, relay, DIMSE) joins this demo as those parts land.
+//! 1. the relay, the clinic (with a DICOM listener) and the phone start;
+//! 2. a modality sends a CT series and a chest radiograph to the clinic by C-STORE;
+//! 3. the clinic shows a pairing QR bound to the patient; the phone accepts it and both studies
+//!    reach the phone;
+//! 4. the doctor's node shows its QR and the phone pairs with it; the doctor's node goes
+//!    offline; the phone shares the CT, which waits, encrypted, in the relay's mailbox; the
+//!    doctor's node starts again and receives it;
+//! 5. the doctor takes the CT out as DICOM files + DICOMDIR, and every data set is compared with
+//!    what the modality sent.
+//!
+//! Each step prints what happened and how long it took. Without `--check` the nodes stay up
+//! (their web UIs are printed) until Ctrl-C; then every process is stopped by its PID and the
+//! temporary homes are removed. `--check` exits non-zero unless every step worked.
 
-use std::collections::BTreeSet;
+mod journey;
+mod verify;
+
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-use crate::dicom::{export, import};
-use crate::home::Home;
-use crate::keystore::{self, Role};
-use crate::store::Store;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// The demo failed at a step.
 #[derive(Debug, thiserror::Error)]
 #[error("demo step \"{step}\" failed: {reason}")]
 pub struct DemoError {
-    pub step: &'static str,
+    pub step: String,
     pub reason: String,
 }
 
-fn fail<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> DemoError {
-    move |e| DemoError {
-        step,
-        reason: e.to_string(),
+/// What `discless demo` was asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// CT slices to generate.
+    pub slices: u32,
+    /// Keep homes and files here instead of in a temporary folder removed at the end.
+    pub keep: Option<PathBuf>,
+    /// First of eight consecutive TCP ports to use; 0 lets the system pick free ones.
+    pub port_base: u16,
+    /// Run straight through and exit; do not wait for Ctrl-C.
+    pub check: bool,
+    /// This binary, started for each node.
+    pub exe: PathBuf,
+}
+
+/// Which port each part listens on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ports {
+    base: u16,
+}
+
+impl Ports {
+    pub(crate) const RELAY: u16 = 0;
+    pub(crate) const CLINIC_HTTP: u16 = 1;
+    pub(crate) const PATIENT_HTTP: u16 = 2;
+    pub(crate) const DOCTOR_HTTP: u16 = 3;
+    pub(crate) const CLINIC_DICOM: u16 = 4;
+    pub(crate) const CLINIC_P2P: u16 = 5;
+    pub(crate) const PATIENT_P2P: u16 = 6;
+    pub(crate) const DOCTOR_P2P: u16 = 7;
+
+    /// The port for slot `n`, or 0 (any free port) when no base was given.
+    pub(crate) fn port(self, n: u16) -> u16 {
+        if self.base == 0 {
+            0
+        } else {
+            self.base.saturating_add(n)
+        }
     }
 }
 
-fn hashes(files: impl IntoIterator<Item = PathBuf>) -> Result<BTreeSet<String>, std::io::Error> {
-    let mut s = BTreeSet::new();
-    for f in files {
-        let mut h = blake3::Hasher::new();
-        h.update_reader(std::fs::File::open(&f)?)?;
-        s.insert(h.finalize().to_hex().to_string());
-    }
-    Ok(s)
+/// Prints each step with its duration, and stops waiting when Ctrl-C was pressed.
+pub(crate) struct Steps {
+    interrupted: Arc<AtomicBool>,
 }
-
-fn dicom_files(dir: &Path) -> Vec<PathBuf> {
-    walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.file_name() != "DICOMDIR")
-        .map(|e| e.into_path())
-        .collect()
-}
-
-struct Steps;
 
 impl Steps {
-    fn step<T>(
+    pub(crate) fn step<T>(
         &mut self,
         what: &str,
-        f: impl FnOnce() -> Result<(T, String), DemoError>,
+        f: impl FnOnce(&Self) -> Result<(T, String), String>,
     ) -> Result<T, DemoError> {
         let t = Instant::now();
-        let (v, said) = f()?;
+        let (v, said) = f(self).map_err(|reason| DemoError {
+            step: what.to_owned(),
+            reason,
+        })?;
         println!(
-            "  ✓ {what:<44} {:>7.0} ms   {said}",
-            t.elapsed().as_secs_f64() * 1e3
+            "  ✓ {what:<52} {:>7.1} s   {said}",
+            t.elapsed().as_secs_f64()
         );
         Ok(v)
     }
+
+    /// Polls `ready` until it answers true, for at most `limit`.
+    pub(crate) fn wait_until(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut ready: impl FnMut() -> Result<bool, String>,
+    ) -> Result<(), String> {
+        let start = Instant::now();
+        loop {
+            if self.interrupted.load(Ordering::Relaxed) {
+                return Err("interrupted".into());
+            }
+            if ready()? {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(format!("{what}: not within {limit:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
 }
 
-/// Runs the demo; `keep` keeps the homes and files in that folder instead of a temporary one.
-pub fn run(slices: u32, keep: Option<&Path>) -> Result<(), DemoError> {
+/// Runs the demo.
+pub fn run(opts: &Options) -> Result<(), DemoError> {
+    let setup = |reason: String| DemoError {
+        step: "prepare".into(),
+        reason,
+    };
     let tmp;
-    let root = match keep {
+    let root: &Path = match &opts.keep {
         Some(p) => {
-            std::fs::create_dir_all(p).map_err(fail("prepare folder"))?;
-            p.to_path_buf()
+            std::fs::create_dir_all(p).map_err(|e| setup(format!("{}: {e}", p.display())))?;
+            p
         }
         None => {
-            tmp = tempfile::tempdir().map_err(fail("prepare folder"))?;
-            tmp.path().to_path_buf()
+            tmp = tempfile::tempdir().map_err(|e| setup(format!("temporary folder: {e}")))?;
+            tmp.path()
         }
     };
-    let mut s = Steps;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| setup(format!("async runtime: {e}")))?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    {
+        let flag = interrupted.clone();
+        rt.spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    }
     println!("Discless demo in {}", root.display());
-    let modality = root.join("modality");
-    let demo = s.step("a modality produces a CT and a radiograph", || {
-        let d = discless_fixtures::demo_study(&modality, slices).map_err(fail("generate"))?;
-        let n = d.ct.files.len() + d.cr.files.len();
-        Ok((d, format!("{n} synthetic instances")))
-    })?;
-    let passphrase = b"demo passphrase";
-    let clinic = s.step("the clinic creates its node", || {
-        let home = Home::new(root.join("clinic"));
-        let keys = keystore::create(&home.keystore(), passphrase, "Demo Clinic", Role::Clinic)
-            .map_err(fail("init clinic"))?;
-        let peer = keys.peer_id().to_string();
-        let store = Store::open(&home, keys).map_err(fail("open clinic"))?;
-        Ok((store, format!("PeerId {}…", &peer[..16.min(peer.len())])))
-    })?;
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(4);
-    s.step("the clinic imports them (encrypted)", || {
-        let r = import::import(&clinic, std::slice::from_ref(&modality), workers, &|_| {})
-            .map_err(fail("import"))?;
-        if !r.rejected.is_empty() {
-            return Err(fail("import")(format!(
-                "{} files rejected",
-                r.rejected.len()
-            )));
+    let mut steps = Steps {
+        interrupted: interrupted.clone(),
+    };
+    let ports = Ports {
+        base: opts.port_base,
+    };
+    let started = Instant::now();
+    let cast = journey::run(&rt, &mut steps, opts, root, ports)?;
+    println!(
+        "All steps worked in {:.1} s: the doctor's CT is what the modality sent, byte for byte.",
+        started.elapsed().as_secs_f64()
+    );
+    if !opts.check {
+        cast.print_urls();
+        println!("Everything stays up until you press Ctrl-C.");
+        while !interrupted.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(200));
         }
-        Ok((
-            (),
-            format!(
-                "{} instances, {} studies, {:.1} MB",
-                r.imported,
-                r.studies.len(),
-                r.bytes as f64 / 1e6
-            ),
-        ))
-    })?;
-    let ct = s.step("the clinic lists its studies", || {
-        let studies = clinic.studies().map_err(fail("list"))?;
-        let ct = clinic
-            .resolve_study(&demo.ct.study.study_instance_uid)
-            .map_err(fail("list"))?;
-        let lines: Vec<String> = studies
-            .iter()
-            .map(|x| {
-                format!(
-                    "{} {} {}",
-                    x.short_id(),
-                    x.modalities.join(","),
-                    x.study_description
-                )
-            })
-            .collect();
-        Ok((ct, lines.join("; ")))
-    })?;
-    let cd = root.join("cd");
-    s.step("the clinic burns a virtual CD (DICOMDIR)", || {
-        let r = export::export(
-            &clinic,
-            &ct,
-            &cd,
-            export::Options {
-                zip: false,
-                dicomdir: true,
-            },
-            &|_, _| {},
-        )
-        .map_err(fail("export"))?;
-        Ok((
-            (),
-            format!("{} files + DICOMDIR in {}", r.files, cd.display()),
-        ))
-    })?;
-    let patient = s.step("a patient's node reads the CD", || {
-        let home = Home::new(root.join("patient"));
-        let keys = keystore::create(&home.keystore(), passphrase, "Demo Patient", Role::Patient)
-            .map_err(fail("init patient"))?;
-        let store = Store::open(&home, keys).map_err(fail("open patient"))?;
-        let r = import::import(&store, &[cd.join("DICOMDIR")], workers, &|_| {})
-            .map_err(fail("import CD"))?;
-        Ok((
-            store,
-            format!("{} instances imported through the DICOMDIR", r.imported),
-        ))
-    })?;
-    s.step("the patient's copy is byte-identical", || {
-        let out = root.join("patient-export");
-        export::export(&patient, &ct, &out, export::Options::default(), &|_, _| {})
-            .map_err(fail("verify"))?;
-        let want = hashes(demo.ct.files.clone()).map_err(fail("verify"))?;
-        let got = hashes(dicom_files(&out)).map_err(fail("verify"))?;
-        if want != got {
-            return Err(fail("verify")(format!(
-                "{} of {} files differ",
-                want.symmetric_difference(&got).count() / 2,
-                want.len()
-            )));
-        }
-        Ok(((), format!("{} files, BLAKE3 equal", want.len())))
-    })?;
-    s.step("the audit logs verify", || {
-        let a = clinic.audit().verify().map_err(fail("audit"))?;
-        let b = patient.audit().verify().map_err(fail("audit"))?;
-        Ok(((), format!("clinic {a} entries, patient {b} entries")))
-    })?;
-    println!("Demo complete.");
+        println!("Stopping…");
+    }
+    cast.stop(&rt);
+    if opts.keep.is_none() {
+        println!("Removed the demo's temporary homes.");
+    }
     Ok(())
 }

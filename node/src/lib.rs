@@ -29,4 +29,5 @@ pub mod http;
 pub mod keystore;
 pub mod net;
 pub mod render;
+pub mod spawned;
 pub mod store;

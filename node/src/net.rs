@@ -366,6 +366,19 @@ impl Handle {
         if let Ok(Ok(Some(c))) = self.blocking(move |s| s.contact(&p)).await {
             v.extend(c.addrs.iter().filter_map(|a| a.parse().ok()));
         }
+        // A contact that restarted has new direct ports, and its circuit address may never
+        // have reached us; if it holds a reservation at one of our relays, this finds it.
+        for relay in self.relays() {
+            if swarm::relay_peer(&relay) == Some(peer) {
+                continue;
+            }
+            let circuit = relay
+                .with(libp2p::multiaddr::Protocol::P2pCircuit)
+                .with(libp2p::multiaddr::Protocol::P2p(peer));
+            if !v.contains(&circuit) {
+                v.push(circuit);
+            }
+        }
         v
     }
 

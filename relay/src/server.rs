@@ -139,6 +139,21 @@ impl Running {
     }
 }
 
+/// An error's message followed by its causes: libp2p's transport errors print nothing of
+/// their own and keep the reason (e.g. "Address in use") in their source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !m.is_empty() && !parts.iter().any(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
 /// Starts the relay; returns once it listens.
 pub async fn start(config: Config) -> Result<Running, RelayError> {
     let key = identity(&config.data)?;
@@ -210,7 +225,7 @@ pub async fn start(config: Config) -> Result<Running, RelayError> {
     for a in &config.listen {
         swarm.listen_on(a.clone()).map_err(|e| RelayError::Listen {
             addr: a.clone(),
-            reason: e.to_string(),
+            reason: with_causes(&e),
         })?;
     }
     // Wait for the listeners, then advertise: the relay refuses reservations without an

@@ -22,9 +22,7 @@
 
 mod reference;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
@@ -32,8 +30,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use self::reference::Reference;
-use crate::cli::remote::{Frame, RunRequest};
-use crate::home::{Home, ENV_HOME, ENV_LOG, ENV_PASSPHRASE};
+use crate::home::Home;
+use crate::spawned::{Launcher, Served};
 
 /// Targets from the peer-to-peer issue.
 const TARGET_RATIO_BARE: f64 = 0.75;
@@ -42,9 +40,6 @@ const REFERENCE_RUNS: usize = 2;
 /// Bounds a broken run; a 150 MB study takes about a second.
 const TRANSFER_TIMEOUT: Duration = Duration::from_secs(300);
 const COPY_TIMEOUT: Duration = TRANSFER_TIMEOUT;
-/// Starting a node hashes its passphrase (Argon2, 64 MiB) and opens its store: seconds at most.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
-const CLI_TIMEOUT: Duration = Duration::from_secs(300);
 /// How often the receiver's API is asked whether the first instance is visible; short, because
 /// it bounds the latency measured, and cheap (a 404 or a small JSON answer).
 const FIRST_POLL: Duration = Duration::from_millis(5);
@@ -77,12 +72,22 @@ impl Transport {
         }
     }
 
-    fn listen_addr(self) -> Multiaddr {
-        let s = match self {
+    fn listen(self) -> &'static str {
+        match self {
             Transport::Tcp => "/ip4/127.0.0.1/tcp/0",
             Transport::Quic => "/ip4/127.0.0.1/udp/0/quic-v1",
-        };
-        s.parse().unwrap_or_else(|_| Multiaddr::empty())
+        }
+    }
+
+    fn listen_addr(self) -> Multiaddr {
+        self.listen().parse().unwrap_or_else(|_| Multiaddr::empty())
+    }
+
+    /// `serve` arguments listening on this transport alone.
+    fn serve_args(self) -> Vec<String> {
+        ["--http", "127.0.0.1:0", "--no-mdns", "--p2p", self.listen()]
+            .map(str::to_owned)
+            .to_vec()
     }
 }
 
@@ -170,189 +175,8 @@ fn peak_rss_mb(pid: u32) -> Option<f64> {
     Some(kb * 1024.0 / 1e6)
 }
 
-/// Runs `discless ARGS --json` on `home` as its own process (for commands before `serve`);
-/// returns its JSON output. Output goes to files, so a chatty child can never block on a pipe.
-fn cli(exe: &Path, home: &Path, logs: &Path, args: &[&str]) -> Result<Value, String> {
-    let what = args.first().copied().unwrap_or("discless");
-    let out_path = logs.join(format!("{what}-{}.out", std::process::id()));
-    let err_path = logs.join(format!("{what}-{}.err", std::process::id()));
-    let file = |p: &Path| File::create(p).map_err(|e| format!("{}: {e}", p.display()));
-    let child = Command::new(exe)
-        .args(args)
-        .env(ENV_HOME, home)
-        .env(ENV_PASSPHRASE, PASSPHRASE)
-        .env_remove(ENV_LOG)
-        .stdin(Stdio::null())
-        .stdout(file(&out_path)?)
-        .stderr(file(&err_path)?)
-        .spawn()
-        .map_err(|e| format!("running {}: {e}", exe.display()))?;
-    let mut guard = Guard(child);
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = guard.0.try_wait().map_err(|e| e.to_string())? {
-            break s;
-        }
-        if start.elapsed() > CLI_TIMEOUT {
-            return Err(format!(
-                "`discless {what}` did not finish in {CLI_TIMEOUT:?}"
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let out = std::fs::read_to_string(&out_path).unwrap_or_default();
-    if !status.success() {
-        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-        return Err(format!(
-            "`discless {what}` failed ({status}): {}",
-            err.trim()
-        ));
-    }
-    serde_json::from_str(&out).map_err(|e| format!("`discless {what}` printed no JSON: {e}"))
-}
-
-/// A child process killed by its PID and reaped when dropped, whatever happened meanwhile.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A running `discless serve`.
-struct Node {
-    guard: Guard,
-    url: String,
-    token: String,
-    log: PathBuf,
-    cwd: PathBuf,
-}
-
-impl Node {
-    fn spawn(exe: &Path, home: &Path, logs: &Path, t: Transport) -> Result<Node, String> {
-        let announcement = Home::new(home).root().join("serve.json");
-        let _ = std::fs::remove_file(&announcement);
-        let name = home.file_name().and_then(|n| n.to_str()).unwrap_or("node");
-        let log = logs.join(format!("serve-{name}-{}.log", t.slug()));
-        let stderr = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
-        let child = Command::new(exe)
-            .args(["serve", "--http", "127.0.0.1:0", "--no-mdns", "--p2p"])
-            .arg(t.listen_addr().to_string())
-            .env(ENV_HOME, home)
-            .env(ENV_PASSPHRASE, PASSPHRASE)
-            .env_remove(ENV_LOG)
-            // The test hooks would corrupt or slow the transfer being measured.
-            .env_remove(crate::net::TEST_CORRUPT_ENV)
-            .env_remove(crate::net::TEST_SEND_DELAY_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .map_err(|e| format!("starting {} serve: {e}", exe.display()))?;
-        let mut node = Node {
-            guard: Guard(child),
-            url: String::new(),
-            token: String::new(),
-            log,
-            cwd: logs.to_path_buf(),
-        };
-        let start = Instant::now();
-        while start.elapsed() < START_TIMEOUT {
-            if let Ok(b) = std::fs::read(&announcement) {
-                if let Ok(a) = serde_json::from_slice::<crate::http::Announcement>(&b) {
-                    node.url = a.url;
-                    node.token = a.token;
-                    return Ok(node);
-                }
-            }
-            if let Ok(Some(s)) = node.guard.0.try_wait() {
-                return Err(node.failed(&format!("exited at start ({s})")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err(node.failed(&format!("did not start within {START_TIMEOUT:?}")))
-    }
-
-    fn pid(&self) -> u32 {
-        self.guard.0.id()
-    }
-
-    /// An error naming this node and quoting the end of its log.
-    fn failed(&self, what: &str) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(5).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        format!(
-            "the node at {} {what}; its log ends: {}",
-            self.url,
-            tail.join(" | ")
-        )
-    }
-
-    /// Runs a CLI command inside this server through its control API, as `discless` does when
-    /// it finds the home served, and returns its JSON output.
-    fn control(&self, args: &[&str]) -> Result<Value, String> {
-        let what = args.first().copied().unwrap_or("command");
-        let req = RunRequest {
-            args: args.iter().map(|s| (*s).to_owned()).collect(),
-            cwd: self.cwd.clone(),
-        };
-        let resp = agent(CLI_TIMEOUT)
-            .post(format!("{}/api/control/run", self.url))
-            .header("Authorization", format!("Bearer {}", self.token))
-            .send_json(&req)
-            .map_err(|e| self.failed(&format!("refused `{what}`: {e}")))?;
-        let mut out = String::new();
-        let reader = std::io::BufReader::new(resp.into_body().into_reader());
-        for line in std::io::BufRead::lines(reader) {
-            let line = line.map_err(|e| self.failed(&format!("broke off `{what}`: {e}")))?;
-            match serde_json::from_str::<Frame>(&line) {
-                Ok(Frame::Out { out: o }) => out.push_str(&o),
-                Ok(Frame::End { code: 0, .. }) => {
-                    return serde_json::from_str(&out)
-                        .map_err(|e| format!("`{what}` printed no JSON: {e}"))
-                }
-                Ok(Frame::End { error, .. }) => {
-                    return Err(
-                        self.failed(&format!("failed `{what}`: {}", error.unwrap_or_default()))
-                    )
-                }
-                Err(e) => return Err(format!("`{what}`: unexpected answer: {e}")),
-            }
-        }
-        Err(self.failed(&format!("ended `{what}` without a result")))
-    }
-
-    /// GET `path` on this node's HTTP server: `Ok(None)` for any non-success answer.
-    fn get(&self, path: &str) -> Result<Option<Vec<u8>>, String> {
-        match agent(Duration::from_secs(10))
-            .get(format!("{}{path}", self.url))
-            .call()
-        {
-            Ok(mut r) => r
-                .body_mut()
-                .with_config()
-                .limit(64 << 20)
-                .read_to_vec()
-                .map(Some)
-                .map_err(|e| self.failed(&format!("answered GET {path} badly: {e}"))),
-            Err(ureq::Error::StatusCode(_)) => Ok(None),
-            Err(e) => Err(self.failed(&format!("did not answer GET {path}: {e}"))),
-        }
-    }
-}
-
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
-}
-
 /// Waits until the receiver lists `study` with an instance and that instance renders.
-fn first_viewable(receiver: &mut Node, study: &str, deadline: Instant) -> Result<(), String> {
+fn first_viewable(receiver: &mut Served, study: &str, deadline: Instant) -> Result<(), String> {
     let mut first: Option<(String, String)> = None;
     while Instant::now() < deadline {
         if let Ok(Some(s)) = receiver.guard.0.try_wait() {
@@ -389,7 +213,7 @@ fn first_viewable(receiver: &mut Node, study: &str, deadline: Instant) -> Result
 
 /// Waits until the receiver lists `study` with all `instances`.
 fn complete(
-    receiver: &mut Node,
+    receiver: &mut Served,
     study: &str,
     instances: u64,
     deadline: Instant,
@@ -418,7 +242,7 @@ fn complete(
 }
 
 struct Setup<'a> {
-    exe: &'a Path,
+    launcher: &'a Launcher,
     scratch: &'a Path,
     sender_home: &'a Path,
     study: &'a str,
@@ -429,18 +253,24 @@ struct Setup<'a> {
 fn node_run(s: &Setup<'_>, t: Transport) -> Result<NodeRun, String> {
     let receiver_home = s.scratch.join(format!("receiver-{}", t.slug()));
     let name = format!("bench-receiver-{}", t.slug());
-    let init = cli(
-        s.exe,
+    let init = s.launcher.cli(
         &receiver_home,
-        s.scratch,
         &["init", "--name", &name, "--role", "doctor", "--json"],
     )?;
     let receiver_peer = init["peer_id"]
         .as_str()
         .ok_or("`init --json` printed no peer_id")?
         .to_owned();
-    let sender = Node::spawn(s.exe, s.sender_home, s.scratch, t)?;
-    let mut receiver = Node::spawn(s.exe, &receiver_home, s.scratch, t)?;
+    let sender = s.launcher.serve(
+        s.sender_home,
+        &format!("sender-{}", t.slug()),
+        &t.serve_args(),
+    )?;
+    let mut receiver = s.launcher.serve(
+        &receiver_home,
+        &format!("receiver-{}", t.slug()),
+        &t.serve_args(),
+    )?;
     let ticket = sender.control(&["pair", "new", "--json"])?;
     let ticket = ticket["ticket"]
         .as_str()
@@ -494,10 +324,14 @@ pub fn transfer(exe: &Path, slices: u32, size: u16) -> Result<TransferBench, Str
         .map_err(|e| format!("generating the CT series: {e}"))?;
     let sender_home = scratch.path().join("sender");
     let input_s = input.display().to_string();
-    cli(
-        exe,
+    let launcher = Launcher {
+        exe: exe.to_path_buf(),
+        logs: scratch.path().to_path_buf(),
+        passphrase: PASSPHRASE.into(),
+        log: None,
+    };
+    launcher.cli(
         &sender_home,
-        scratch.path(),
         &[
             "init",
             "--name",
@@ -507,12 +341,7 @@ pub fn transfer(exe: &Path, slices: u32, size: u16) -> Result<TransferBench, Str
             "--json",
         ],
     )?;
-    let imported = cli(
-        exe,
-        &sender_home,
-        scratch.path(),
-        &["import", &input_s, "--json"],
-    )?;
+    let imported = launcher.cli(&sender_home, &["import", &input_s, "--json"])?;
     let instances = imported["imported"].as_u64().unwrap_or(0);
     if instances != u64::from(slices) {
         return Err(format!(
@@ -521,7 +350,7 @@ pub fn transfer(exe: &Path, slices: u32, size: u16) -> Result<TransferBench, Str
     }
     let bytes = super::dir_bytes(&Home::new(&sender_home).blobs());
     let setup = Setup {
-        exe,
+        launcher: &launcher,
         scratch: scratch.path(),
         sender_home: &sender_home,
         study: &study.study_instance_uid,

@@ -460,10 +460,11 @@ pub(crate) fn accept_offer(
 }
 
 /// Keeps grants offered and downloads going: after each import (new studies for subscribed
-/// patients), when a contact connects, and every few seconds.
+/// patients), after a pairing, when a contact connects, and every few seconds.
 pub(super) async fn background(net: Handle) {
     let mut commits = net.store().subscribe_commits();
     let mut events = net.events();
+    let mut paired = net.paired_events();
     let mut tick = tokio::time::interval(RETRY_EVERY);
     loop {
         let only = tokio::select! {
@@ -471,6 +472,12 @@ pub(super) async fn background(net: Handle) {
                 if r.is_err() { break }
                 None
             }
+            // A new contact may be a subscribed phone with studies waiting for it.
+            p = paired.recv() => match p {
+                Ok(p) => p.peer_id.parse().ok(),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+                Err(_) => break,
+            },
             ev = events.recv() => match ev {
                 Ok(swarm::Event::Connected(p)) => Some(p),
                 Ok(swarm::Event::Addresses(p, addrs)) => {
