@@ -333,6 +333,10 @@ pub enum BenchCommand {
         /// Rows and columns of each slice.
         #[arg(long, default_value_t = 512, hide = true)]
         size: u16,
+        /// Also through a relay (started here): its circuit, with neither node reachable
+        /// directly, and its mailbox, with the receiver offline during the share.
+        #[arg(long)]
+        via_relay: bool,
         #[arg(long)]
         json: bool,
     },
@@ -521,12 +525,14 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Bench(BenchCommand::Transfer {
             instances,
             size,
+            via_relay,
             json: _,
         }) => {
             // The two nodes are this very binary, started as `serve`.
             let exe = std::env::current_exe()
                 .map_err(|e| CliError::Bench(format!("cannot find this program: {e}")))?;
-            let r = crate::bench::transfer(&exe, instances, size).map_err(CliError::Bench)?;
+            let r = crate::bench::transfer(&exe, instances, size, via_relay)
+                .map_err(CliError::Bench)?;
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }

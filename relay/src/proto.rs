@@ -39,7 +39,10 @@ pub struct ItemMeta {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Request {
-    /// Store an offer and its blobs for an offline recipient; the blobs' bytes follow.
+    /// Store an offer and its blobs for an offline recipient. The relay answers at once: `Ok`
+    /// (then the blobs' bytes follow, and it answers again with `Deposited` or `Refused`) or
+    /// `Refused` (over quota, not admitted…), so a refused sender never streams a study into a
+    /// stream nobody reads.
     Deposit {
         recipient: String,
         /// Chosen by the sender; depositing the same item again replaces it.

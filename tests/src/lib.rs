@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 
@@ -243,11 +244,50 @@ impl Node {
         bail!("discless serve did not start within 60 s")
     }
 
-    /// `studies --json`.
+    /// GET `path` on this home's running server, when one answers (None otherwise).
+    ///
+    /// Tests poll through this rather than the CLI: every CLI run derives the passphrase key
+    /// (Argon2, 64 MiB), and a few tests polling that way at once starve a 2-core machine.
+    pub fn api(&self, path: &str) -> Option<serde_json::Value> {
+        let a: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(self.home().join("serve.json")).ok()?).ok()?;
+        let url = a["url"].as_str()?;
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(std::time::Duration::from_secs(10)))
+            .build()
+            .into();
+        let mut resp = agent.get(format!("{url}{path}")).call().ok()?;
+        resp.body_mut().read_json().ok()
+    }
+
+    /// The studies it holds: from its server's API when it is served, else `studies --json`.
     pub fn studies(&self) -> Result<Vec<serde_json::Value>> {
-        match self.json(&["studies", "--json"])? {
+        let v = match self.api("/api/studies") {
+            Some(v) => v,
+            None => self.json(&["studies", "--json"])?,
+        };
+        match v {
             serde_json::Value::Array(a) => Ok(a),
             other => bail!("studies --json gave {other}"),
+        }
+    }
+
+    /// Whether it holds `study` with exactly `instances` instances.
+    pub fn has_study(&self, study: &str, instances: u64) -> Result<bool> {
+        Ok(self.studies()?.iter().any(|s| {
+            s["study_instance_uid"] == study && s["instance_count"].as_u64() == Some(instances)
+        }))
+    }
+
+    /// Its transfers, both directions: from its server's API when served, else the CLI.
+    pub fn transfers(&self) -> Result<Vec<serde_json::Value>> {
+        let v = match self.api("/api/transfers") {
+            Some(v) => v,
+            None => self.json(&["transfers", "--json"])?,
+        };
+        match v {
+            serde_json::Value::Array(a) => Ok(a),
+            other => bail!("transfers --json gave {other}"),
         }
     }
 }
@@ -361,6 +401,17 @@ impl Relay {
     /// Starts a relay admitting `allow` (written to an allow file in `data`), listening on
     /// `listen` (e.g. `/ip4/127.0.0.1/tcp/0`), with extra environment variables.
     pub fn start(data: &Path, listen: &str, allow: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_with(data, listen, allow, &[], env)
+    }
+
+    /// [`Relay::start`] with extra `discless-relay serve` arguments (quotas, TTL…).
+    pub fn start_with(
+        data: &Path,
+        listen: &str,
+        allow: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         use std::io::BufRead;
         std::fs::create_dir_all(data)?;
         let allow_file = data.join("allow.txt");
@@ -371,6 +422,7 @@ impl Relay {
             .arg("--allow-file")
             .arg(&allow_file)
             .args(["--metrics", "127.0.0.1:0"])
+            .args(args)
             .env_remove("DISCLESS_LOG")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
@@ -438,5 +490,87 @@ impl Drop for Relay {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// Polls `ready` until it answers true, failing after `limit` with what was awaited.
+pub fn wait_for(
+    what: &str,
+    limit: Duration,
+    mut ready: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if ready()? {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("timed out after {limit:?} waiting for {what}")
+}
+
+/// A loopback TCP proxy that records every byte it carries, both directions: what a network
+/// observer between a node and its relay would see.
+#[derive(Debug)]
+pub struct TapProxy {
+    pub port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TapProxy {
+    /// Forwards connections on a fresh loopback port to `target` (`host:port`).
+    pub fn start(target: std::net::SocketAddr) -> Result<Self> {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                for (from, to) in [(&client, &server), (&server, &client)] {
+                    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+                        continue;
+                    };
+                    let seen = seen2.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            if let Ok(mut s) = seen.lock() {
+                                s.extend_from_slice(&buf[..n]);
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Ok(Self { port, seen, stop })
+    }
+
+    /// Every byte carried so far.
+    pub fn seen(&self) -> Vec<u8> {
+        self.seen.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for TapProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

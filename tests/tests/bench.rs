@@ -1,6 +1,7 @@
-//! `discless bench transfer` end to end at a tiny size: two real `serve` processes per
-//! transport, the bare libp2p and TCP references, and the JSON a script reads. Only the shape and
-//! the sanity of the figures are checked, never wall-clock limits: this machine is shared.
+//! `discless bench transfer --via-relay` end to end at a tiny size: two real `serve` processes
+//! per transport and through a relay's circuit and mailbox, the bare libp2p and TCP references,
+//! and the JSON a script reads. Only the shape and the sanity of the figures are checked, never
+//! wall-clock limits: this machine is shared.
 
 use anyhow::{ensure, Context, Result};
 use discless_tests::bin;
@@ -24,6 +25,7 @@ fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
             "10",
             "--size",
             "64",
+            "--via-relay",
             "--json",
         ])
         .env_remove("DISCLESS_HOME")
@@ -73,6 +75,21 @@ fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
         positive(&r["ratio_to_bare_libp2p"], &format!("{t} ratio"))?;
         ensure!(r["meets"]["rss"].is_boolean(), "{r}");
     }
+    // Through the relay: its circuit and its mailbox, each against the direct TCP run.
+    let relay = &v["relay"];
+    positive(&relay["circuit"]["mb_per_s"], "relay.circuit.mb_per_s")?;
+    positive(
+        &relay["circuit_ratio_to_direct"],
+        "relay.circuit_ratio_to_direct",
+    )?;
+    positive(&relay["mailbox"]["deposit_s"], "relay.mailbox.deposit_s")?;
+    positive(&relay["mailbox"]["drain_s"], "relay.mailbox.drain_s")?;
+    positive(&relay["mailbox"]["mb_per_s"], "relay.mailbox.mb_per_s")?;
+    positive(
+        &relay["mailbox_ratio_to_direct"],
+        "relay.mailbox_ratio_to_direct",
+    )?;
+    ensure!(relay["meets_circuit_target"].is_boolean(), "{relay}");
     ensure!(v["meets_targets"].is_boolean(), "{v}");
     Ok(())
 }

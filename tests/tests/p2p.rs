@@ -3,11 +3,11 @@
 //! resumption, corruption in transit, and every refusal the issue lists.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use discless_fixtures::{self as fx, Patient, SeriesSpec, StudySpec};
-use discless_tests::{content_hashes, Node};
+use discless_tests::{content_hashes, wait_for, Node};
 use serde_json::Value;
 
 fn study(dir: &Path, name: &str, pid: &str, slices: u32, size: u16) -> Result<String> {
@@ -38,24 +38,6 @@ fn fails(node: &Node, args: &[&str]) -> Result<String> {
         String::from_utf8_lossy(&o.stdout)
     );
     Ok(String::from_utf8_lossy(&o.stderr).into_owned())
-}
-
-fn has_study(node: &Node, uid: &str, instances: u64) -> Result<bool> {
-    Ok(node
-        .studies()?
-        .iter()
-        .any(|s| s["study_instance_uid"] == uid && s["instance_count"].as_u64() == Some(instances)))
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    bail!("timed out after {limit:?} waiting for {what}")
 }
 
 fn ticket(node: &Node, extra: &[&str]) -> Result<String> {
@@ -171,17 +153,17 @@ fn clinic_to_patient_to_doctor_byte_exact() -> Result<()> {
 
     // Alice's study arrives by itself; Bob's never does.
     wait_for("Alice's CT on the phone", Duration::from_secs(90), || {
-        has_study(&t.patient, &ct, 12)
+        t.patient.has_study(&ct, 12)
     })?;
     // A study imported later for the same patient follows.
     t.clinic.import(&[&later_dir])?;
     wait_for(
         "the later study on the phone",
         Duration::from_secs(90),
-        || has_study(&t.patient, &later, 4),
+        || t.patient.has_study(&later, 4),
     )?;
     assert!(
-        !has_study(&t.patient, &other, 3)?,
+        !t.patient.has_study(&other, 3)?,
         "another patient's study reached the phone"
     );
     assert_eq!(export_hashes(&t.patient, &ct)?, content_hashes(&ct_dir)?);
@@ -203,7 +185,7 @@ fn clinic_to_patient_to_doctor_byte_exact() -> Result<()> {
         ],
     )?;
     assert_eq!(shared["state"], "delivered", "{shared}");
-    assert!(has_study(&t.doctor, &ct, 12)?);
+    assert!(t.doctor.has_study(&ct, 12)?);
     assert_eq!(
         export_hashes(&t.doctor, &ct)?,
         content_hashes(&ct_dir)?,
@@ -370,9 +352,10 @@ fn strangers_and_bad_tickets_are_refused() -> Result<()> {
 }
 
 fn transfer_out(node: &Node) -> Result<Value> {
-    let v = ok(node, &["transfers", "--json"])?;
-    v.as_array()
-        .and_then(|a| a.iter().find(|t| t["direction"] == "out").cloned())
+    let v = node.transfers()?;
+    v.iter()
+        .find(|t| t["direction"] == "out")
+        .cloned()
         .context("no outgoing transfer")
 }
 
@@ -404,7 +387,7 @@ fn receiver_killed_midway_resumes_without_resending_much() -> Result<()> {
     );
     let partial = phone.studies();
     assert!(
-        partial.is_err() || !has_study(&phone, &uid, 160)?,
+        partial.is_err() || !phone.has_study(&uid, 160)?,
         "the study cannot be complete yet"
     );
     let _p2 = phone.serve(&[])?;

@@ -3,11 +3,11 @@
 //! circuit is their only route to each other.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use discless_fixtures::{self as fx, Patient, SeriesSpec, StudySpec};
-use discless_tests::{content_hashes, Node, Relay};
+use discless_tests::{content_hashes, wait_for, Node, Relay};
 use serde_json::Value;
 
 fn study(dir: &Path, name: &str, slices: u32, size: u16) -> Result<String> {
@@ -32,23 +32,6 @@ fn peer_id(n: &Node) -> Result<String> {
         .to_owned())
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if f()? {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    bail!("timed out after {limit:?} waiting for {what}")
-}
-
-fn has_study(n: &Node, uid: &str, count: u64) -> Result<bool> {
-    Ok(n.studies()?
-        .iter()
-        .any(|s| s["study_instance_uid"] == uid && s["instance_count"].as_u64() == Some(count)))
-}
-
 fn export_hashes(n: &Node, uid: &str) -> Result<std::collections::BTreeMap<String, usize>> {
     let out = tempfile::tempdir()?;
     let dest = out.path().join("x");
@@ -64,9 +47,9 @@ fn pair(issuer: &Node, scanner: &Node) -> Result<Value> {
 }
 
 fn out_state(n: &Node) -> Result<String> {
-    let v = n.json(&["transfers", "--json"])?;
-    Ok(v.as_array()
-        .and_then(|a| a.iter().find(|t| t["direction"] == "out"))
+    let v = n.transfers()?;
+    Ok(v.iter()
+        .find(|t| t["direction"] == "out")
         .map(|t| t["state"].as_str().unwrap_or_default().to_owned())
         .unwrap_or_default())
 }
@@ -190,7 +173,7 @@ fn a_study_waits_in_the_mailbox_until_the_offline_doctor_starts() -> Result<()> 
     wait_for(
         "the study on the doctor's node",
         Duration::from_secs(120),
-        || has_study(&doctor, &uid, 12),
+        || doctor.has_study(&uid, 12),
     )?;
     assert_eq!(export_hashes(&doctor, &uid)?, content_hashes(src.path())?);
     wait_for("the mailbox to be emptied", Duration::from_secs(30), || {
@@ -228,13 +211,13 @@ fn a_relay_restarted_mid_drain_loses_and_duplicates_nothing() -> Result<()> {
     let (src, uid) = share_to_offline_doctor(&relay, &patient, &doctor, slices)?;
     let _d = doctor.serve(&["--relay", &r])?;
     wait_for("the drain to start", Duration::from_secs(60), || {
-        let v = doctor.json(&["transfers", "--json"])?;
-        Ok(v.as_array()
-            .and_then(|a| a.iter().find(|t| t["direction"] == "in"))
+        let v = doctor.transfers()?;
+        Ok(v.iter()
+            .find(|t| t["direction"] == "in")
             .is_some_and(|t| t["bytes_done"].as_u64().unwrap_or(0) > 0))
     })?;
     assert!(
-        !has_study(&doctor, &uid, u64::from(slices))?,
+        !doctor.has_study(&uid, u64::from(slices))?,
         "the drain must still be running"
     );
     relay.kill()?;
@@ -247,7 +230,7 @@ fn a_relay_restarted_mid_drain_loses_and_duplicates_nothing() -> Result<()> {
     )?;
     assert_eq!(relay.tcp_addr()?, r);
     wait_for("the drain to finish", Duration::from_secs(180), || {
-        has_study(&doctor, &uid, u64::from(slices))
+        doctor.has_study(&uid, u64::from(slices))
     })?;
     assert_eq!(export_hashes(&doctor, &uid)?, content_hashes(src.path())?);
     let studies = doctor.studies()?;
@@ -255,5 +238,160 @@ fn a_relay_restarted_mid_drain_loses_and_duplicates_nothing() -> Result<()> {
     wait_for("the mailbox to be emptied", Duration::from_secs(30), || {
         Ok(relay.metric("discless_relay_mailbox_items")? == 0.0)
     })?;
+    Ok(())
+}
+
+/// 48 bytes of varied pixel data from the middle of a generated slice: what a leak would show.
+fn pixel_run(file: &Path) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(file)?;
+    // Pixel Data is the last element; scan back from its middle for a run with variety in it.
+    let mut at = bytes.len().saturating_sub(bytes.len() / 4);
+    while at > 48 {
+        let run = &bytes[at..at + 48];
+        let distinct: std::collections::BTreeSet<u8> = run.iter().copied().collect();
+        if distinct.len() > 12 {
+            return Ok(run.to_vec());
+        }
+        at -= 48;
+    }
+    anyhow::bail!("no varied pixel run in {}", file.display())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_relay_sees_ciphertext_only_and_purges_expired_items() -> Result<()> {
+    let (patient, doctor, ids) = two_nodes()?;
+    let data = tempfile::tempdir()?;
+    let relay = Relay::start_with(
+        data.path(),
+        "/ip4/127.0.0.1/tcp/0",
+        &[&ids[0], &ids[1]],
+        &["--mailbox-ttl", "3s"],
+        &[],
+    )?;
+    let r = relay.tcp_addr()?;
+    let relay_port: u16 = r
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|x| x.split('/').next())
+        .context("relay port")?
+        .parse()?;
+    // The patient reaches the relay only through a tap that keeps every byte on the wire.
+    let tap = discless_tests::TapProxy::start(([127, 0, 0, 1], relay_port).into())?;
+    let tapped = r.replacen(
+        &format!("/tcp/{relay_port}/"),
+        &format!("/tcp/{}/", tap.port),
+        1,
+    );
+    let src = tempfile::tempdir()?;
+    let name = "PRIVATE^PATIENTNAME";
+    let uid = study(src.path(), name, 6, 256)?;
+    let first = walkdir::WalkDir::new(src.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| e.file_type().is_file())
+        .context("no generated file")?;
+    let run = pixel_run(first.path())?;
+    patient.import(&[src.path()])?;
+    let _p = patient.serve(&["--relay", &tapped])?;
+    let mut d = doctor.serve(&["--relay", &r])?;
+    pair(&doctor, &patient)?;
+    d.terminate()?;
+    let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
+    assert_eq!(shared["state"], "queued", "{shared}");
+    ensure!(relay.metric("discless_relay_mailbox_items")? == 1.0);
+
+    let wire = tap.seen();
+    let study_bytes = patient.studies()?[0]["bytes"].as_u64().unwrap_or(0) as usize;
+    ensure!(
+        wire.len() >= study_bytes,
+        "the tap saw {} bytes for a {study_bytes}-byte study: the deposit went elsewhere",
+        wire.len()
+    );
+    ensure!(
+        !contains(&wire, name.as_bytes()),
+        "the patient name crossed the wire in clear"
+    );
+    ensure!(
+        !contains(&wire, &run),
+        "a pixel run crossed the wire in clear"
+    );
+    let mut files = 0;
+    for e in walkdir::WalkDir::new(data.path()) {
+        let e = e?;
+        if e.file_type().is_file() {
+            files += 1;
+            let b = std::fs::read(e.path())?;
+            ensure!(
+                !contains(&b, name.as_bytes()),
+                "{} holds the patient name",
+                e.path().display()
+            );
+            ensure!(
+                !contains(&b, &run),
+                "{} holds a pixel run",
+                e.path().display()
+            );
+        }
+    }
+    ensure!(
+        files > 0,
+        "the relay's data dir is empty: nothing was checked"
+    );
+
+    // Nobody collects it: after the TTL the relay deletes it, blobs and all.
+    wait_for(
+        "the expired item to be purged",
+        Duration::from_secs(60),
+        || {
+            Ok(relay.metric("discless_relay_mailbox_items")? == 0.0
+                && relay.metric("discless_relay_mailbox_bytes")? == 0.0)
+        },
+    )?;
+    let items = data.path().join("mailbox").join("items");
+    let left = walkdir::WalkDir::new(&items)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    ensure!(
+        left == 0,
+        "{left} blob files are left in {} after the purge",
+        items.display()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_deposit_over_quota_is_refused_with_a_reason_the_sender_sees() -> Result<()> {
+    let (patient, doctor, ids) = two_nodes()?;
+    let data = tempfile::tempdir()?;
+    let relay = Relay::start_with(
+        data.path(),
+        "/ip4/127.0.0.1/tcp/0",
+        &[&ids[0], &ids[1]],
+        &["--mailbox-quota", "100KiB"],
+        &[],
+    )?;
+    let r = relay.tcp_addr()?;
+    let src = tempfile::tempdir()?;
+    let uid = study(src.path(), "OVER^QUOTA", 6, 256)?;
+    patient.import(&[src.path()])?;
+    let _p = patient.serve(&["--relay", &r])?;
+    let mut d = doctor.serve(&["--relay", &r])?;
+    pair(&doctor, &patient)?;
+    d.terminate()?;
+    let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
+    assert_eq!(shared["state"], "pending", "{shared}");
+    let note = shared["note"].as_str().unwrap_or_default();
+    assert!(
+        note.contains("mailbox is full") && note.contains("102400"),
+        "the sender must be told why: {shared}"
+    );
+    assert!(relay.metric("discless_relay_refusals_total")? >= 1.0);
+    assert_eq!(relay.metric("discless_relay_mailbox_items")?, 0.0);
     Ok(())
 }

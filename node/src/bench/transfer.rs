@@ -21,6 +21,7 @@
 //! when its guard drops, whatever happened.
 
 mod reference;
+mod relay;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -148,6 +149,9 @@ pub struct TransferBench {
     pub reference_runs: usize,
     pub transports: Vec<TransportRun>,
     pub tokio_tcp: Reference,
+    /// With `--via-relay`: through a relay's circuit and its mailbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<relay::RelayRuns>,
     pub targets: Targets,
     pub meets_targets: bool,
 }
@@ -250,33 +254,51 @@ struct Setup<'a> {
     bytes: u64,
 }
 
-fn node_run(s: &Setup<'_>, t: Transport) -> Result<NodeRun, String> {
-    let receiver_home = s.scratch.join(format!("receiver-{}", t.slug()));
-    let name = format!("bench-receiver-{}", t.slug());
+/// Creates a receiver's home; returns it and the receiver's PeerId.
+fn fresh_receiver(s: &Setup<'_>, label: &str) -> Result<(std::path::PathBuf, String), String> {
+    let home = s.scratch.join(format!("receiver-{label}"));
+    let name = format!("bench-receiver-{label}");
     let init = s.launcher.cli(
-        &receiver_home,
+        &home,
         &["init", "--name", &name, "--role", "doctor", "--json"],
     )?;
-    let receiver_peer = init["peer_id"]
+    let peer = init["peer_id"]
         .as_str()
         .ok_or("`init --json` printed no peer_id")?
         .to_owned();
-    let sender = s.launcher.serve(
-        s.sender_home,
-        &format!("sender-{}", t.slug()),
-        &t.serve_args(),
-    )?;
-    let mut receiver = s.launcher.serve(
-        &receiver_home,
-        &format!("receiver-{}", t.slug()),
-        &t.serve_args(),
-    )?;
+    Ok((home, peer))
+}
+
+/// The receiver scans the sender's ticket.
+fn pair(sender: &Served, receiver: &Served) -> Result<(), String> {
     let ticket = sender.control(&["pair", "new", "--json"])?;
     let ticket = ticket["ticket"]
         .as_str()
         .ok_or("`pair new --json` printed no ticket")?;
     receiver.control(&["pair", "accept", ticket, "--json"])?;
+    Ok(())
+}
 
+fn node_run(s: &Setup<'_>, t: Transport) -> Result<NodeRun, String> {
+    node_run_with(s, t.slug(), &t.serve_args(), &t.serve_args())
+}
+
+/// A fresh receiver pairs with the sender, both started with the given `serve` arguments, and
+/// the sender shares the study: timed from the share until the receiver holds all of it.
+fn node_run_with(
+    s: &Setup<'_>,
+    label: &str,
+    sender_args: &[String],
+    receiver_args: &[String],
+) -> Result<NodeRun, String> {
+    let (receiver_home, receiver_peer) = fresh_receiver(s, label)?;
+    let sender = s
+        .launcher
+        .serve(s.sender_home, &format!("sender-{label}"), sender_args)?;
+    let mut receiver =
+        s.launcher
+            .serve(&receiver_home, &format!("receiver-{label}"), receiver_args)?;
+    pair(&sender, &receiver)?;
     let cpu0 = (cpu_seconds(sender.pid()), cpu_seconds(receiver.pid()));
     let start = Instant::now();
     let deadline = start + TRANSFER_TIMEOUT;
@@ -315,7 +337,12 @@ fn node_run(s: &Setup<'_>, t: Transport) -> Result<NodeRun, String> {
 
 /// Runs the transfer benchmark on a generated CT of `slices` slices of `size`×`size`, with
 /// `exe` (a `discless` binary) as the two nodes.
-pub fn transfer(exe: &Path, slices: u32, size: u16) -> Result<TransferBench, String> {
+pub fn transfer(
+    exe: &Path,
+    slices: u32,
+    size: u16,
+    via_relay: bool,
+) -> Result<TransferBench, String> {
     let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let input = scratch.path().join("input");
     let study = discless_fixtures::StudySpec::default();
@@ -386,9 +413,14 @@ pub fn transfer(exe: &Path, slices: u32, size: u16) -> Result<TransferBench, Str
             }
         })
         .collect();
+    let relay = match transports.first() {
+        Some(direct) if via_relay => Some(relay::run(&setup, direct.node.mb_per_s)?),
+        _ => None,
+    };
     let meets_targets = transports
         .iter()
-        .all(|r| r.meets.ratio_to_bare_libp2p && r.meets.first_viewable && r.meets.rss);
+        .all(|r| r.meets.ratio_to_bare_libp2p && r.meets.first_viewable && r.meets.rss)
+        && relay.as_ref().is_none_or(|r| r.meets_circuit_target);
     Ok(TransferBench {
         bench: "transfer",
         input: format!("generated CT, {slices} slices of {size}x{size}"),
@@ -397,6 +429,7 @@ pub fn transfer(exe: &Path, slices: u32, size: u16) -> Result<TransferBench, Str
         reference_runs: REFERENCE_RUNS,
         transports,
         tokio_tcp,
+        relay,
         targets: Targets {
             ratio_to_bare_libp2p: TARGET_RATIO_BARE,
             first_viewable_ms: TARGET_FIRST_VIEWABLE_MS,

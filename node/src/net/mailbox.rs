@@ -65,6 +65,21 @@ impl Handle {
         proto::write(&mut s, &req)
             .await
             .map_err(|e| err(&relay, e))?;
+        s.flush().await.map_err(|e| err(&relay, e))?;
+        // The relay says whether it takes the item before any blob is sent.
+        match proto::read::<_, Response>(&mut s)
+            .await
+            .map_err(|e| err(&relay, e))?
+        {
+            Response::Ok => {}
+            Response::Refused { reason } => {
+                return Err(NetError::Refused {
+                    who: who(&relay),
+                    reason,
+                })
+            }
+            other => return Err(err(&relay, format!("unexpected answer {other:?}"))),
+        }
         let mut buf = vec![0u8; 256 * 1024];
         for b in &blobs {
             let mut f = tokio::fs::File::open(blobs_dir.path(&b.id))

@@ -140,6 +140,10 @@ async fn deposit(
         ));
     }
     let staged = mailbox.temp_dir().map_err(|e| e.to_string())?;
+    // Accepted so far: now the sender may send the bytes.
+    proto::write(s, &Response::Ok)
+        .await
+        .map_err(|e| format!("deposit cut: {e}"))?;
     let mut buf = vec![0u8; 256 * 1024];
     for b in &blobs {
         let path = staged.path().join(&b.id);
