@@ -45,6 +45,30 @@ pub struct Config {
 pub const DEFAULT_MAX_CIRCUIT_BYTES: u64 = 8 * 1024 * 1024 * 1024;
 pub const DEFAULT_MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(3600);
 
+impl Config {
+    /// A relay listening on `listen` and keeping its identity and mailbox in `data`, admitting
+    /// no one yet, with the default circuit limits and generous mailbox quotas (1 TiB, 1 day):
+    /// what a program embedding a relay (the demo, a benchmark) starts from.
+    pub fn new(listen: Multiaddr, data: PathBuf) -> Self {
+        Self {
+            listen: vec![listen],
+            announce: Vec::new(),
+            data,
+            allow: Vec::new(),
+            allow_file: None,
+            open: false,
+            max_circuit_bytes: DEFAULT_MAX_CIRCUIT_BYTES,
+            max_circuit_duration: DEFAULT_MAX_CIRCUIT_DURATION,
+            limits: Limits {
+                per_recipient: 1 << 40,
+                per_sender: 1 << 40,
+                ttl_secs: 24 * 3600,
+            },
+            metrics: None,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RelayError {
@@ -131,6 +155,14 @@ pub struct Running {
 }
 
 impl Running {
+    /// Its first TCP address, in full (`…/tcp/N/p2p/<relay>`).
+    pub fn tcp_addr(&self) -> Option<&Multiaddr> {
+        self.addrs.iter().find(|a| {
+            a.iter()
+                .any(|p| matches!(p, libp2p::multiaddr::Protocol::Tcp(_)))
+        })
+    }
+
     pub async fn shutdown(self) {
         self.cancel.cancel();
         for t in self.tasks {

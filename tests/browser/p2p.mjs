@@ -21,21 +21,10 @@
 // Prints {"ok", "checks": [{name, ok, detail}]} as JSON on stdout, progress on stderr; exits 1
 // when a check fails, 2 on bad arguments.
 
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { freshContext, watchProblems } from './chromium.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 const PHONE = { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 };
 
 function usage(message) {
@@ -75,31 +64,14 @@ function check(name, ok, detail = {}) {
 
 /** Both nodes' tabs in one fresh profile (their origins differ, so nothing is shared). */
 async function launch() {
-  const profile = await mkdtemp(path.join(tmpdir(), 'discless-chromium-p2p-'));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    args: CHROMIUM_ARGS,
-    headless: true,
-    ...PHONE,
-  });
-  context.setDefaultTimeout(TIMEOUT);
+  const { context, close } = await freshContext('p2p', PHONE, TIMEOUT);
   const problems = [];
-  const watch = (page, who) => {
-    page.on('console', (m) => {
-      if (m.type() === 'error') problems.push({ who, kind: 'console', text: m.text(), at: m.location()?.url });
-    });
-    page.on('pageerror', (e) => problems.push({ who, kind: 'exception', text: String(e.message ?? e) }));
-    return page;
-  };
   const first = context.pages()[0] ?? (await context.newPage());
   return {
-    a: watch(first, 'A'),
-    b: watch(await context.newPage(), 'B'),
+    a: watchProblems(first, problems, 'A'),
+    b: watchProblems(await context.newPage(), problems, 'B'),
     problems,
-    async close() {
-      await context.close();
-      await rm(profile, { recursive: true, force: true });
-    },
+    close,
   };
 }
 

@@ -22,21 +22,11 @@
 // Prints a JSON summary {"ok", "checks": [{name, ok, detail}], "timings"} on stdout, progress on
 // stderr, and exits 1 when any check fails (2 on bad arguments).
 
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { chromium } from 'playwright-core';
+import { freshContext, watchProblems } from './chromium.mjs';
 
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--no-first-run',
-];
 const TARGET_INDEX = 9;
 const MEASURE_PX = 100;
 const MEASURE_TOLERANCE = 0.01;
@@ -85,28 +75,10 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Opens a browser with a fresh profile, set up as `device`. */
 async function launch(device) {
-  const profile = await mkdtemp(path.join(tmpdir(), `discless-chromium-${device}-`));
-  const context = await chromium.launchPersistentContext(profile, {
-    executablePath: CHROMIUM,
-    args: CHROMIUM_ARGS,
-    headless: true,
-    ...DEVICES[device],
-  });
-  context.setDefaultTimeout(TIMEOUT);
-  const page = context.pages()[0] ?? (await context.newPage());
+  const { context, close } = await freshContext(device, DEVICES[device], TIMEOUT);
   const problems = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error') problems.push({ kind: 'console', text: m.text(), at: m.location()?.url });
-  });
-  page.on('pageerror', (e) => problems.push({ kind: 'exception', text: String(e.message ?? e) }));
-  return {
-    page,
-    problems,
-    async close() {
-      await context.close();
-      await rm(profile, { recursive: true, force: true });
-    },
-  };
+  const page = watchProblems(context.pages()[0] ?? (await context.newPage()), problems, device);
+  return { page, problems, close };
 }
 
 const hook = (page, fn, arg) => page.evaluate(fn, arg);

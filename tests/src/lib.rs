@@ -272,6 +272,20 @@ impl Node {
         }
     }
 
+    /// Exports `study` (plain files) and hashes what came out: compare with
+    /// [`content_hashes`] of the folder it was imported from.
+    pub fn export_hashes(&self, study: &str) -> Result<BTreeMap<String, usize>> {
+        let out = tempfile::tempdir()?;
+        let dest = out.path().join("x");
+        let o = self.run(&["export", study, &dest.display().to_string()])?;
+        ensure!(
+            o.status.success(),
+            "export failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        content_hashes(&dest)
+    }
+
     /// Whether it holds `study` with exactly `instances` instances.
     pub fn has_study(&self, study: &str, instances: u64) -> Result<bool> {
         Ok(self.studies()?.iter().any(|s| {

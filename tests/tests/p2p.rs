@@ -52,18 +52,6 @@ fn pair(issuer: &Node, scanner: &Node, extra: &[&str]) -> Result<Value> {
     ok(scanner, &["pair", "accept", &t, "--json"])
 }
 
-fn export_hashes(node: &Node, uid: &str) -> Result<std::collections::BTreeMap<String, usize>> {
-    let out = tempfile::tempdir()?;
-    let dest = out.path().join("x");
-    let o = node.run(&["export", uid, &dest.display().to_string()])?;
-    ensure!(
-        o.status.success(),
-        "export failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    content_hashes(&dest)
-}
-
 fn audit_actions(node: &Node) -> Result<Vec<String>> {
     let v = ok(node, &["audit", "--json"])?;
     let entries = v["entries"]
@@ -166,7 +154,7 @@ fn clinic_to_patient_to_doctor_byte_exact() -> Result<()> {
         !t.patient.has_study(&other, 3)?,
         "another patient's study reached the phone"
     );
-    assert_eq!(export_hashes(&t.patient, &ct)?, content_hashes(&ct_dir)?);
+    assert_eq!(t.patient.export_hashes(&ct)?, content_hashes(&ct_dir)?);
 
     // The phone pairs with the doctor and shares the CT, waiting for delivery.
     let p = pair(&t.doctor, &t.patient, &[])?;
@@ -187,7 +175,7 @@ fn clinic_to_patient_to_doctor_byte_exact() -> Result<()> {
     assert_eq!(shared["state"], "delivered", "{shared}");
     assert!(t.doctor.has_study(&ct, 12)?);
     assert_eq!(
-        export_hashes(&t.doctor, &ct)?,
+        t.doctor.export_hashes(&ct)?,
         content_hashes(&ct_dir)?,
         "the doctor's export must be byte-identical to the clinic's originals"
     );
@@ -401,7 +389,7 @@ fn receiver_killed_midway_resumes_without_resending_much() -> Result<()> {
         (sent as f64) < 1.6 * total as f64,
         "sent {sent} bytes for a {total}-byte study: more than 60% sent again"
     );
-    assert_eq!(export_hashes(&phone, &uid)?, content_hashes(src.path())?);
+    assert_eq!(phone.export_hashes(&uid)?, content_hashes(src.path())?);
     Ok(())
 }
 
@@ -420,7 +408,7 @@ fn blobs_corrupted_in_transit_are_fetched_again() -> Result<()> {
         &["share", &uid, "--to", "Careful", "--wait", "--json"],
     )?;
     assert_eq!(r["state"], "delivered", "{r}");
-    assert_eq!(export_hashes(&phone, &uid)?, content_hashes(src.path())?);
+    assert_eq!(phone.export_hashes(&uid)?, content_hashes(src.path())?);
     let rejected = audit_actions(&phone)?
         .iter()
         .filter(|a| *a == "blob rejected")

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use discless_fixtures::{self as fx, Patient, SeriesSpec, StudySpec};
-use discless_tests::{content_hashes, wait_for, Node, Relay};
+use discless_tests::{content_hashes, wait_for, Node, Relay, Served};
 use serde_json::Value;
 
 fn study(dir: &Path, name: &str, slices: u32, size: u16) -> Result<String> {
@@ -30,14 +30,6 @@ fn peer_id(n: &Node) -> Result<String> {
         .as_str()
         .context("peer id")?
         .to_owned())
-}
-
-fn export_hashes(n: &Node, uid: &str) -> Result<std::collections::BTreeMap<String, usize>> {
-    let out = tempfile::tempdir()?;
-    let dest = out.path().join("x");
-    let o = n.run(&["export", uid, &dest.display().to_string()])?;
-    ensure!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    content_hashes(&dest)
 }
 
 fn pair(issuer: &Node, scanner: &Node) -> Result<Value> {
@@ -95,7 +87,7 @@ fn nodes_reachable_only_through_the_relay_pair_and_transfer() -> Result<()> {
     let before = relay.metric("libp2p_bandwidth_bytes_total")?;
     let shared = clinic.json(&["share", &uid, "--to", "Relay phone", "--wait", "--json"])?;
     assert_eq!(shared["state"], "delivered", "{shared}");
-    assert_eq!(export_hashes(&phone, &uid)?, content_hashes(src.path())?);
+    assert_eq!(phone.export_hashes(&uid)?, content_hashes(src.path())?);
     let study_bytes: f64 = phone.studies()?[0]["bytes"].as_f64().unwrap_or(0.0);
     let carried = relay.metric("libp2p_bandwidth_bytes_total")? - before;
     assert!(
@@ -116,6 +108,27 @@ fn nodes_reachable_only_through_the_relay_pair_and_transfer() -> Result<()> {
     Ok(())
 }
 
+/// Generates and imports a study on the patient, serves both with their relay address (the
+/// patient's may be a tap in front of the relay), pairs them and takes the doctor offline.
+/// Returns the study's source folder and UID, and the patient's server.
+fn pair_then_doctor_offline(
+    patient: &Node,
+    doctor: &Node,
+    name: &str,
+    slices: u32,
+    patient_relay: &str,
+    doctor_relay: &str,
+) -> Result<(tempfile::TempDir, String, Served)> {
+    let src = tempfile::tempdir()?;
+    let uid = study(src.path(), name, slices, 256)?;
+    patient.import(&[src.path()])?;
+    let p = patient.serve(&["--relay", patient_relay])?;
+    let mut d = doctor.serve(&["--relay", doctor_relay])?;
+    pair(doctor, patient)?;
+    d.terminate()?;
+    Ok((src, uid, p))
+}
+
 /// Patient and doctor pair while both are online; the doctor goes offline; the patient shares
 /// (the study goes to the relay's mailbox) and goes offline too.
 fn share_to_offline_doctor(
@@ -125,13 +138,8 @@ fn share_to_offline_doctor(
     slices: u32,
 ) -> Result<(tempfile::TempDir, String)> {
     let r = relay.tcp_addr()?;
-    let src = tempfile::tempdir()?;
-    let uid = study(src.path(), "AHEAD^OFVISIT", slices, 256)?;
-    patient.import(&[src.path()])?;
-    let _p = patient.serve(&["--relay", &r])?;
-    let mut d = doctor.serve(&["--relay", &r])?;
-    pair(doctor, patient)?;
-    d.terminate()?;
+    let (src, uid, _p) =
+        pair_then_doctor_offline(patient, doctor, "AHEAD^OFVISIT", slices, &r, &r)?;
     let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
     assert_eq!(shared["state"], "queued", "{shared}");
     assert!(
@@ -175,7 +183,7 @@ fn a_study_waits_in_the_mailbox_until_the_offline_doctor_starts() -> Result<()> 
         Duration::from_secs(120),
         || doctor.has_study(&uid, 12),
     )?;
-    assert_eq!(export_hashes(&doctor, &uid)?, content_hashes(src.path())?);
+    assert_eq!(doctor.export_hashes(&uid)?, content_hashes(src.path())?);
     wait_for("the mailbox to be emptied", Duration::from_secs(30), || {
         Ok(relay.metric("discless_relay_mailbox_items")? == 0.0)
     })?;
@@ -232,7 +240,7 @@ fn a_relay_restarted_mid_drain_loses_and_duplicates_nothing() -> Result<()> {
     wait_for("the drain to finish", Duration::from_secs(180), || {
         doctor.has_study(&uid, u64::from(slices))
     })?;
-    assert_eq!(export_hashes(&doctor, &uid)?, content_hashes(src.path())?);
+    assert_eq!(doctor.export_hashes(&uid)?, content_hashes(src.path())?);
     let studies = doctor.studies()?;
     assert_eq!(studies.len(), 1, "{studies:?}");
     wait_for("the mailbox to be emptied", Duration::from_secs(30), || {
@@ -286,20 +294,14 @@ fn the_relay_sees_ciphertext_only_and_purges_expired_items() -> Result<()> {
         &format!("/tcp/{}/", tap.port),
         1,
     );
-    let src = tempfile::tempdir()?;
     let name = "PRIVATE^PATIENTNAME";
-    let uid = study(src.path(), name, 6, 256)?;
+    let (src, uid, _p) = pair_then_doctor_offline(&patient, &doctor, name, 6, &tapped, &r)?;
     let first = walkdir::WalkDir::new(src.path())
         .into_iter()
         .filter_map(Result::ok)
         .find(|e| e.file_type().is_file())
         .context("no generated file")?;
     let run = pixel_run(first.path())?;
-    patient.import(&[src.path()])?;
-    let _p = patient.serve(&["--relay", &tapped])?;
-    let mut d = doctor.serve(&["--relay", &r])?;
-    pair(&doctor, &patient)?;
-    d.terminate()?;
     let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
     assert_eq!(shared["state"], "queued", "{shared}");
     ensure!(relay.metric("discless_relay_mailbox_items")? == 1.0);
@@ -377,13 +379,7 @@ fn a_deposit_over_quota_is_refused_with_a_reason_the_sender_sees() -> Result<()>
         &[],
     )?;
     let r = relay.tcp_addr()?;
-    let src = tempfile::tempdir()?;
-    let uid = study(src.path(), "OVER^QUOTA", 6, 256)?;
-    patient.import(&[src.path()])?;
-    let _p = patient.serve(&["--relay", &r])?;
-    let mut d = doctor.serve(&["--relay", &r])?;
-    pair(&doctor, &patient)?;
-    d.terminate()?;
+    let (_src, uid, _p) = pair_then_doctor_offline(&patient, &doctor, "OVER^QUOTA", 6, &r, &r)?;
     let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
     assert_eq!(shared["state"], "pending", "{shared}");
     let note = shared["note"].as_str().unwrap_or_default();

@@ -130,29 +130,13 @@ pub(crate) fn run(
         let listen: Multiaddr = format!("/ip4/127.0.0.1/tcp/{}", ports.port(Ports::RELAY))
             .parse()
             .map_err(|e| format!("relay address: {e}"))?;
-        let config = discless_relay::server::Config {
-            listen: vec![listen],
-            announce: Vec::new(),
-            data: root.join("relay"),
-            allow,
-            allow_file: None,
-            open: false,
-            max_circuit_bytes: discless_relay::server::DEFAULT_MAX_CIRCUIT_BYTES,
-            max_circuit_duration: discless_relay::server::DEFAULT_MAX_CIRCUIT_DURATION,
-            limits: discless_relay::server::Limits {
-                per_recipient: 1 << 30,
-                per_sender: 1 << 30,
-                ttl_secs: 24 * 3600,
-            },
-            metrics: None,
-        };
+        let mut config = discless_relay::server::Config::new(listen, root.join("relay"));
+        config.allow = allow;
         let running = rt
             .block_on(discless_relay::server::start(config))
             .map_err(|e| e.to_string())?;
         let addr = running
-            .addrs
-            .iter()
-            .find(|a| a.to_string().contains("/tcp/"))
+            .tcp_addr()
             .cloned()
             .ok_or("the relay listens on no TCP address")?;
         let said = addr.to_string();

@@ -14,7 +14,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::{complete, fresh_receiver, mb_per_s, node_run_with, pair, NodeRun, Setup};
-use discless_relay::server::{self, Config, Limits};
+use discless_relay::server::{self, Config};
 
 /// The circuit's target from the relay issue: this share of the direct transfer or better.
 const TARGET_CIRCUIT_RATIO: f64 = 0.6;
@@ -48,28 +48,13 @@ pub(super) fn run(s: &Setup<'_>, direct_mb_per_s: f64) -> Result<RelayRuns, Stri
     let listen = "/ip4/127.0.0.1/tcp/0"
         .parse()
         .map_err(|e| format!("relay address: {e}"))?;
+    let mut config = Config::new(listen, s.scratch.join("relay"));
+    config.open = true;
     let running = rt
-        .block_on(server::start(Config {
-            listen: vec![listen],
-            announce: Vec::new(),
-            data: s.scratch.join("relay"),
-            allow: Vec::new(),
-            allow_file: None,
-            open: true,
-            max_circuit_bytes: server::DEFAULT_MAX_CIRCUIT_BYTES,
-            max_circuit_duration: server::DEFAULT_MAX_CIRCUIT_DURATION,
-            limits: Limits {
-                per_recipient: 1 << 40,
-                per_sender: 1 << 40,
-                ttl_secs: 3600,
-            },
-            metrics: None,
-        }))
+        .block_on(server::start(config))
         .map_err(|e| format!("starting the relay: {e}"))?;
     let relay = running
-        .addrs
-        .iter()
-        .find(|a| a.to_string().contains("/tcp/"))
+        .tcp_addr()
         .map(ToString::to_string)
         .ok_or_else(|| "the relay listens on no TCP address".to_owned());
     let runs = relay.and_then(|relay| {
