@@ -249,6 +249,121 @@ fn a_relay_restarted_mid_drain_loses_and_duplicates_nothing() -> Result<()> {
     Ok(())
 }
 
+fn audit_text(n: &Node) -> Result<String> {
+    Ok(n.json(&["audit", "--json"])?.to_string())
+}
+
+fn contact<'a>(contacts: &'a Value, peer: &str) -> Option<&'a Value> {
+    contacts
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["peer_id"] == peer))
+}
+
+#[test]
+fn a_phone_pairs_with_an_offline_doctor_through_the_relay() -> Result<()> {
+    let (patient, doctor, ids) = two_nodes()?;
+    let late = Node::init_named("patient", "Late scanner")?;
+    let late_id = peer_id(&late)?;
+    let data = tempfile::tempdir()?;
+    let relay = Relay::start(
+        data.path(),
+        "/ip4/127.0.0.1/tcp/0",
+        &[&ids[0], &ids[1], &late_id],
+        &[],
+    )?;
+    let r = relay.tcp_addr()?;
+    let src = tempfile::tempdir()?;
+    let uid = study(src.path(), "PAIRED^WHILEAWAY", 6, 128)?;
+    patient.import(&[src.path()])?;
+    // Neither scanner is told of the relay: the ticket's circuit address is all they get.
+    let _p = patient.serve(&["--no-mdns"])?;
+    let _l = late.serve(&["--no-mdns"])?;
+    let mut d = doctor.serve(&["--no-mdns", "--relay", &r])?;
+    let t = doctor.json(&["pair", "new", "--expires", "20s", "--json"])?;
+    d.terminate()?;
+    let ticket = t["ticket"].as_str().context("ticket")?.to_owned();
+    let expires = t["expires_unix"].as_u64().context("expiry")?;
+
+    let paired = patient.json(&["pair", "accept", &ticket, "--json"])?;
+    ensure!(
+        paired["queued_at"]
+            .as_str()
+            .is_some_and(|q| q.contains("/p2p/")),
+        "the doctor is offline: the request should wait at the relay: {paired}"
+    );
+    let sas = paired["sas"].as_str().context("sas")?.to_owned();
+    let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
+    assert_eq!(shared["state"], "queued", "{shared}");
+    let c = patient.json(&["contacts", "--json"])?;
+    ensure!(
+        contact(&c, &ids[1]).is_some_and(|d| d["awaiting"].is_string()),
+        "{c}"
+    );
+    // A second phone scans the same QR later (still in time): the ticket is single use.
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = late.json(&["pair", "accept", &ticket, "--json"])?;
+    ensure!(second["queued_at"].is_string(), "{second}");
+    ensure!(
+        relay.metric("discless_relay_mailbox_items")? == 3.0,
+        "two pairing requests and one study should wait"
+    );
+    // Requests are sealed: the relay's files never show who asked.
+    for f in walkdir::WalkDir::new(data.path()) {
+        let f = f?;
+        if f.file_type().is_file() {
+            ensure!(
+                !discless_tests::file_contains(f.path(), b"Late scanner")?,
+                "{} shows a scanner's card in clear",
+                f.path().display()
+            );
+        }
+    }
+
+    // The doctor comes back after the ticket expired: the requests count from when they were
+    // left at the relay.
+    wait_for("the ticket to expire", Duration::from_secs(60), || {
+        Ok(std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+            > expires)
+    })?;
+    let _d = doctor.serve(&["--no-mdns", "--relay", &r])?;
+    wait_for(
+        "the study on the doctor's node",
+        Duration::from_secs(120),
+        || doctor.has_study(&uid, 6),
+    )?;
+    assert_eq!(doctor.export_hashes(&uid)?, content_hashes(src.path())?);
+    let c = doctor.json(&["contacts", "--json"])?;
+    let phone = contact(&c, &ids[0]).context("the doctor has no contact for the phone")?;
+    assert_eq!(phone["sas"], sas.as_str(), "both screens show one code");
+    ensure!(
+        contact(&c, &late_id).is_none(),
+        "a second scanner of a used ticket became a contact: {c}"
+    );
+    let audit = audit_text(&doctor)?;
+    ensure!(
+        audit.contains("already used") && audit.contains("issued, queued at relay"),
+        "{audit}"
+    );
+    wait_for("the mailbox to be emptied", Duration::from_secs(30), || {
+        Ok(relay.metric("discless_relay_mailbox_items")? == 0.0)
+    })?;
+    // The phone hears back from the doctor: delivered, and the pairing is confirmed.
+    wait_for(
+        "delivery noted by the patient",
+        Duration::from_secs(90),
+        || Ok(out_state(&patient)? == "delivered"),
+    )?;
+    let c = patient.json(&["contacts", "--json"])?;
+    ensure!(
+        contact(&c, &ids[1]).is_some_and(|d| d["awaiting"].is_null()),
+        "{c}"
+    );
+    ensure!(audit_text(&patient)?.contains("pairing confirmed"));
+    Ok(())
+}
+
 /// 48 bytes of varied pixel data from the middle of a generated slice: what a leak would show.
 fn pixel_run(file: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(file)?;

@@ -77,9 +77,9 @@ export const p2p = (signal) => json('/api/p2p', signal);
 export const newTicket = (opts, signal) => send('POST', '/api/pair', opts, signal);
 /** POST /api/pair/status → {state: 'waiting'|'paired'|'expired', paired}; waits up to `wait` s. */
 export const ticketStatus = (ticket, wait, signal) => send('POST', '/api/pair/status', { ticket, wait }, signal);
-/** POST /api/pair/accept → {peer_id, name, role, sas, paired_unix}. */
+/** POST /api/pair/accept → {peer_id, name, role, sas, paired_unix, queued_at?}. */
 export const acceptTicket = (ticket, signal) => send('POST', '/api/pair/accept', { ticket }, signal);
-/** GET /api/contacts → [{peer_id, name, role, paired_unix, sas, online, for_patient}]. */
+/** GET /api/contacts → [{peer_id, name, role, paired_unix, sas, online, for_patient, awaiting}]. */
 export const contacts = (signal) => json('/api/contacts', signal);
 /** DELETE /api/contacts/{peer} → {removed, name, grants_revoked}. */
 export const removeContact = (peer, signal) => send('DELETE', `/api/contacts/${enc(peer)}`, undefined, signal);

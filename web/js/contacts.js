@@ -55,6 +55,7 @@ export function contactsPage(root) {
           h('span', { class: `badge role-${c.role}` }, c.role),
           c.online == null ? '' : h('span', { class: `badge ${c.online ? 'online' : 'offline'}` }, c.online ? 'online' : 'offline'),
           c.for_patient ? h('span', { class: 'badge' }, 'receives a patient’s studies') : '',
+          c.awaiting ? h('span', { class: 'badge awaiting' }, 'completes when they come online') : '',
         ),
         h('span', { class: 'card-sub' }, `Paired ${dateTime(c.paired_unix)} · code ${c.sas}`),
         h('span', { class: 'card-sub peer-id' }, c.peer_id),

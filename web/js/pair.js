@@ -282,5 +282,12 @@ function pairedView(p) {
       h('a', { href: pageHref('contacts') }, 'Contacts'),
       ' page: someone else may have answered.',
     ),
+    p.queued_at
+      ? h(
+          'p',
+          { class: 'hint queued' },
+          `${p.name} is offline. The pairing request waits, encrypted, at their relay and completes when they come online. You can share studies with them now; those wait at the relay too.`,
+        )
+      : '',
   );
 }

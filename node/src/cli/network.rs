@@ -153,6 +153,18 @@ fn paired_text(w: &mut dyn Write, p: &Paired) -> std::io::Result<()> {
         &p.sas[..3],
         &p.sas[3..]
     );
+    if let Some(relay) = &p.queued_at {
+        out!(
+            w,
+            "{} is offline: the pairing request waits, encrypted, at relay {relay}.",
+            p.name
+        );
+        out!(
+            w,
+            "It completes when {} comes online; you can share studies with them now (they wait at the relay too).",
+            p.name
+        );
+    }
     Ok(())
 }
 
@@ -166,6 +178,8 @@ struct ContactRow {
     online: Option<bool>,
     for_patient: Option<String>,
     addrs: Vec<String>,
+    /// The relay where our pairing request waits for this (offline) issuer.
+    awaiting: Option<String>,
 }
 
 pub(super) fn contacts(
@@ -214,6 +228,7 @@ pub(super) fn contacts(
             sas: c.sas,
             for_patient: c.patient_id,
             addrs: c.addrs,
+            awaiting: c.awaiting,
         })
         .collect();
     if json {
@@ -233,6 +248,14 @@ pub(super) fn contacts(
             None => "",
         };
         out!(w, "{:<24} {:<8} {:<8} {}", r.name, r.role, state, r.peer_id);
+        if r.awaiting.is_some() {
+            out!(
+                w,
+                "{:<24} pairing completes when {} next comes online",
+                "",
+                r.name
+            );
+        }
     }
     Ok(Outcome::Success)
 }

@@ -4,6 +4,8 @@
 //! both public keys, info: the study UID) turns it into a one-time XChaCha20-Poly1305 key. Only
 //! the recipient can open the envelope, and an envelope moved to another study does not open.
 //! The granter's signature over the whole offer is checked by the caller (see `net::offer`).
+//! The same construction, under its own domain, seals other messages to a contact-to-be: a
+//! pairing request that waits at a relay for an offline issuer (`net::pairing`).
 
 use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
@@ -15,6 +17,7 @@ use zeroize::Zeroizing;
 use super::{SecretKey, NONCE_LEN, TAG_LEN};
 
 const INFO_DOMAIN: &[u8] = b"discless envelope v1\0";
+const MESSAGE_DOMAIN: &[u8] = b"discless sealed message v1\0";
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// What a grant allows, sealed together with the key so that nobody but the recipient sees it
@@ -59,51 +62,46 @@ pub enum EnvelopeError {
 }
 
 fn derive(
+    domain: &[u8],
     shared: &[u8; 32],
     ephemeral: &PublicKey,
     recipient: &PublicKey,
-    study_uid: &str,
+    context: &str,
 ) -> Zeroizing<[u8; 32]> {
     let mut salt = [0u8; 64];
     salt[..32].copy_from_slice(ephemeral.as_bytes());
     salt[32..].copy_from_slice(recipient.as_bytes());
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&salt), shared);
-    let mut info = INFO_DOMAIN.to_vec();
-    info.extend_from_slice(study_uid.as_bytes());
+    let mut info = domain.to_vec();
+    info.extend_from_slice(context.as_bytes());
     let mut okm = Zeroizing::new([0u8; 32]);
     // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
     let _ = hk.expand(&info, okm.as_mut());
     okm
 }
 
-fn aad(ephemeral: &PublicKey, recipient: &PublicKey) -> Vec<u8> {
-    let mut a = INFO_DOMAIN.to_vec();
+fn aad(domain: &[u8], ephemeral: &PublicKey, recipient: &PublicKey) -> Vec<u8> {
+    let mut a = domain.to_vec();
     a.extend_from_slice(ephemeral.as_bytes());
     a.extend_from_slice(recipient.as_bytes());
     a
 }
 
-/// Seals `key` and `terms` so that only the holder of `recipient`'s secret can open them.
-pub fn seal(key: &SecretKey, terms: &GrantTerms, recipient: &PublicKey) -> Envelope {
+/// ECIES-style sealing under a domain and a context (the study UID for grants), which both
+/// enter the key derivation: an envelope of one kind never opens as another.
+fn seal_raw(domain: &[u8], context: &str, plain: &[u8], recipient: &PublicKey) -> Envelope {
     let eph = EphemeralSecret::random_from_rng(OsRng);
     let eph_pub = PublicKey::from(&eph);
     let shared = eph.diffie_hellman(recipient);
-    let k = derive(shared.as_bytes(), &eph_pub, recipient, &terms.study_uid);
-    let contents = Zeroizing::new(
-        serde_json::to_vec(&Contents {
-            key: hex::encode(key.as_bytes()),
-            terms: terms.clone(),
-        })
-        .unwrap_or_default(),
-    );
+    let k = derive(domain, shared.as_bytes(), &eph_pub, recipient, context);
     let cipher = XChaCha20Poly1305::new(k.as_ref().into());
     let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
     let ct = cipher
         .encrypt(
             &nonce,
             Payload {
-                msg: &contents,
-                aad: &aad(&eph_pub, recipient),
+                msg: plain,
+                aad: &aad(domain, &eph_pub, recipient),
             },
         )
         .unwrap_or_default();
@@ -115,12 +113,12 @@ pub fn seal(key: &SecretKey, terms: &GrantTerms, recipient: &PublicKey) -> Envel
     }
 }
 
-/// Opens an envelope offered for `study_uid` with this node's agreement secret.
-pub fn open(
+fn open_raw(
+    domain: &[u8],
+    context: &str,
     env: &Envelope,
     secret: &StaticSecret,
-    study_uid: &str,
-) -> Result<(SecretKey, GrantTerms), EnvelopeError> {
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
     let eph: [u8; 32] = hex::decode(&env.ephemeral)
         .ok()
         .and_then(|v| v.try_into().ok())
@@ -137,19 +135,39 @@ pub fn open(
     if !shared.was_contributory() {
         return Err(EnvelopeError::Degenerate);
     }
-    let k = derive(shared.as_bytes(), &eph, &me, study_uid);
+    let k = derive(domain, shared.as_bytes(), &eph, &me, context);
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    let plain = Zeroizing::new(
-        XChaCha20Poly1305::new(k.as_ref().into())
-            .decrypt(
-                XNonce::from_slice(nonce),
-                Payload {
-                    msg: ct,
-                    aad: &aad(&eph, &me),
-                },
-            )
-            .map_err(|_| EnvelopeError::Authentication)?,
+    XChaCha20Poly1305::new(k.as_ref().into())
+        .decrypt(
+            XNonce::from_slice(nonce),
+            Payload {
+                msg: ct,
+                aad: &aad(domain, &eph, &me),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| EnvelopeError::Authentication)
+}
+
+/// Seals `key` and `terms` so that only the holder of `recipient`'s secret can open them.
+pub fn seal(key: &SecretKey, terms: &GrantTerms, recipient: &PublicKey) -> Envelope {
+    let contents = Zeroizing::new(
+        serde_json::to_vec(&Contents {
+            key: hex::encode(key.as_bytes()),
+            terms: terms.clone(),
+        })
+        .unwrap_or_default(),
     );
+    seal_raw(INFO_DOMAIN, &terms.study_uid, &contents, recipient)
+}
+
+/// Opens an envelope offered for `study_uid` with this node's agreement secret.
+pub fn open(
+    env: &Envelope,
+    secret: &StaticSecret,
+    study_uid: &str,
+) -> Result<(SecretKey, GrantTerms), EnvelopeError> {
+    let plain = open_raw(INFO_DOMAIN, study_uid, env, secret)?;
     let c: Contents =
         serde_json::from_slice(&plain).map_err(|_| EnvelopeError::Malformed("contents"))?;
     if c.terms.study_uid != study_uid {
@@ -165,6 +183,21 @@ pub fn open(
         .try_into()
         .map_err(|_| EnvelopeError::Malformed("key length"))?;
     Ok((SecretKey::from_bytes(key), c.terms))
+}
+
+/// Seals a message that is not a grant (a pairing request left at a relay) to `recipient`;
+/// `context` names what it is for, and the same context must be given to open it.
+pub fn seal_message(plain: &[u8], context: &str, recipient: &PublicKey) -> Envelope {
+    seal_raw(MESSAGE_DOMAIN, context, plain, recipient)
+}
+
+/// Opens what [`seal_message`] sealed for this node under `context`.
+pub fn open_message(
+    env: &Envelope,
+    secret: &StaticSecret,
+    context: &str,
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    open_raw(MESSAGE_DOMAIN, context, env, secret)
 }
 
 #[cfg(test)]
@@ -232,6 +265,30 @@ mod tests {
         assert_eq!(
             open(&bad, &bob, "9").unwrap_err(),
             EnvelopeError::Degenerate
+        );
+    }
+
+    #[test]
+    fn messages_open_only_for_their_recipient_and_context() {
+        let bob = StaticSecret::random_from_rng(OsRng);
+        let env = seal_message(b"hello", "pair 12D3", &PublicKey::from(&bob));
+        assert_eq!(
+            &open_message(&env, &bob, "pair 12D3").unwrap()[..],
+            b"hello"
+        );
+        assert_eq!(
+            open_message(&env, &bob, "pair 12D4").unwrap_err(),
+            EnvelopeError::Authentication
+        );
+        let eve = StaticSecret::random_from_rng(OsRng);
+        assert_eq!(
+            open_message(&env, &eve, "pair 12D3").unwrap_err(),
+            EnvelopeError::Authentication
+        );
+        // A message never opens as a grant, whatever its context.
+        assert_eq!(
+            open(&env, &bob, "pair 12D3").unwrap_err(),
+            EnvelopeError::Authentication
         );
     }
 }

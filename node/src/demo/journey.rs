@@ -261,16 +261,31 @@ pub(crate) fn run(
     let doctor_args = serve_args(ports, Ports::DOCTOR_HTTP, Ports::DOCTOR_P2P, &relay_addr);
     let doctor_home = root.join("doctor");
     let doctor_id = ids.get(2).cloned().unwrap_or_default();
-    s.step("the phone pairs with the doctor's node", |_| {
+    let patient_id_peer = ids.get(1).cloned().unwrap_or_default();
+    let doctor_ticket = s.step("the doctor hands out a QR, then goes offline", |_| {
         let doctor = launcher.serve(&doctor_home, "doctor-1", &doctor_args)?;
-        let t = doctor.control(&["pair", "new", "--json"])?;
+        let t = doctor.control(&["pair", "new", "--expires", "1h", "--json"])?;
         let ticket = text(&t, "ticket", "pair new")?;
-        let p = node(&cast, "patient's phone")?.control(&["pair", "accept", &ticket, "--json"])?;
-        let sas = text(&p, "sas", "pair accept")?;
         doctor.stop()?;
+        Ok((ticket, "e.g. printed on the appointment letter".into()))
+    })?;
+
+    let patient_sas = s.step("the phone scans it: the request waits at the relay", |_| {
+        let p = node(&cast, "patient's phone")?.control(&[
+            "pair",
+            "accept",
+            &doctor_ticket,
+            "--json",
+        ])?;
+        let sas = text(&p, "sas", "pair accept")?;
+        if p["queued_at"].as_str().is_none() {
+            return Err(format!(
+                "the doctor is offline, yet the pairing did not wait at the relay: {p}"
+            ));
+        }
         Ok((
-            (),
-            format!("code {sas}; then the doctor's node goes offline"),
+            sas.clone(),
+            format!("sealed to the doctor's key; code {sas}"),
         ))
     })?;
 
@@ -293,14 +308,28 @@ pub(crate) fn run(
         Ok(((), "sealed to the doctor, in the relay's mailbox".into()))
     })?;
 
-    s.step("the doctor's node starts and receives the CT", |s| {
+    s.step("the doctor comes online: paired, CT arrives", |s| {
         let doctor = launcher.serve(&doctor_home, "doctor-2", &doctor_args)?;
         cast.nodes.push(("doctor", doctor));
         let doctor = node(&cast, "doctor")?;
         s.wait_until("the CT on the doctor's node", TRANSFER_LIMIT, || {
             holds(doctor, &ct_uid, ct_n)
         })?;
-        Ok(((), format!("{ct_n} slices, from the mailbox")))
+        let contacts = doctor.control(&["contacts", "--json"])?;
+        let phone = contacts
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["peer_id"] == patient_id_peer.as_str()))
+            .ok_or_else(|| format!("the doctor has no contact for the phone: {contacts}"))?;
+        if phone["sas"] != patient_sas.as_str() {
+            return Err(format!(
+                "the doctor shows code {}, the phone showed {patient_sas}",
+                phone["sas"]
+            ));
+        }
+        Ok((
+            (),
+            format!("same code {patient_sas} on both; {ct_n} slices, from the mailbox"),
+        ))
     })?;
 
     s.step("the phone learns the doctor has it", |s| {
@@ -315,7 +344,17 @@ pub(crate) fn run(
                 })
             }))
         })?;
-        Ok(((), "share state: delivered".into()))
+        let contacts = phone.control(&["contacts", "--json"])?;
+        let awaiting = contacts.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|c| c["peer_id"] == doctor_id.as_str() && !c["awaiting"].is_null())
+        });
+        if awaiting {
+            return Err(format!(
+                "the doctor confirmed delivery, yet the phone still awaits the pairing: {contacts}"
+            ));
+        }
+        Ok(((), "share state: delivered; pairing confirmed".into()))
     })?;
 
     let export = root.join("doctor-export");

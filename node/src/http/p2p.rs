@@ -35,7 +35,7 @@ use super::api::blocking;
 use super::{ApiError, ApiResult, AppState};
 use crate::keystore::Role;
 use crate::net::{self, ticket, Paired, ShareOutcome, TransferView};
-use crate::store::{now_unix, Contact, GrantState};
+use crate::store::{now_unix, GrantState};
 
 /// How long a ticket lives unless the page asks otherwise (as `discless pair new`).
 const DEFAULT_TICKET_TTL: &str = "15m";
@@ -215,7 +215,7 @@ async fn lookup(state: &AppState, token: &str) -> ApiResult<PairStatus> {
                 .contacts()?
                 .into_iter()
                 .find(|c| &c.peer_id == peer)
-                .map(|c| paired_of(&c));
+                .map(|c| Paired::of(&c));
             return Ok(PairStatus {
                 state: "paired",
                 paired,
@@ -232,18 +232,6 @@ async fn lookup(state: &AppState, token: &str) -> ApiResult<PairStatus> {
         })
     })
     .await
-}
-
-fn paired_of(c: &Contact) -> Paired {
-    Paired {
-        peer_id: c.peer_id.clone(),
-        name: c.name.clone(),
-        role: c.role,
-        sas: c.sas.clone(),
-        paired_unix: c.paired_unix,
-        for_patient: c.patient_id.clone(),
-        token: None,
-    }
 }
 
 #[derive(Deserialize)]
@@ -269,6 +257,8 @@ struct ContactRow {
     /// Unknown (null) when the network is not running here.
     online: Option<bool>,
     for_patient: Option<String>,
+    /// The relay where our pairing request waits for this (offline) issuer.
+    awaiting: Option<String>,
 }
 
 async fn contacts(State(state): State<AppState>) -> ApiResult<Json<Vec<ContactRow>>> {
@@ -294,6 +284,7 @@ async fn contacts(State(state): State<AppState>) -> ApiResult<Json<Vec<ContactRo
                 paired_unix: c.paired_unix,
                 sas: c.sas,
                 for_patient: c.patient_id,
+                awaiting: c.awaiting,
             })
             .collect(),
     ))

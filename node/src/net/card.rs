@@ -80,6 +80,41 @@ impl DeviceCard {
         Ok(x25519_dalek::PublicKey::from(raw))
     }
 
+    /// The two parts of a card that a PeerId, a name and a role do not already say: the
+    /// agreement key and the signature. A pairing ticket carries them so that the scanner can
+    /// seal a request to an issuer that is offline.
+    pub fn compact(&self) -> Option<([u8; 32], Vec<u8>)> {
+        let agreement = self.agreement_key().ok()?.to_bytes();
+        let signature = B64.decode(&self.signature).ok()?;
+        Some((agreement, signature))
+    }
+
+    /// Rebuilds a card from [`DeviceCard::compact`] and the PeerId (an Ed25519 PeerId holds its
+    /// key inline). The result still has to pass [`DeviceCard::verify`].
+    pub fn from_compact(
+        peer: &PeerId,
+        agreement: &[u8; 32],
+        signature: &[u8],
+        name: &str,
+        role: Role,
+    ) -> Result<Self, CardError> {
+        let mh = peer.as_ref();
+        if mh.code() != 0 {
+            return Err(CardError::Malformed(
+                "the PeerId does not hold its key inline",
+            ));
+        }
+        let key = PublicKey::try_decode_protobuf(mh.digest())
+            .map_err(|_| CardError::Malformed("identity key"))?;
+        Ok(Self {
+            identity: B64.encode(key.encode_protobuf()),
+            agreement: hex::encode(agreement),
+            name: name.to_owned(),
+            role,
+            signature: B64.encode(signature),
+        })
+    }
+
     /// Checks the signature and that the card is `peer`'s.
     pub fn verify(&self, peer: &PeerId) -> Result<PublicKey, CardError> {
         let key = self.public_key()?;
@@ -144,6 +179,22 @@ mod tests {
         let mut swapped = card;
         swapped.agreement = DeviceCard::new(&b).agreement;
         assert_eq!(swapped.verify(&a.peer_id()), Err(CardError::Signature));
+    }
+
+    #[test]
+    fn a_compact_card_rebuilds_to_the_same_card() {
+        let a = keys("Dr Ada Lovelace");
+        let card = DeviceCard::new(&a);
+        let (agreement, sig) = card.compact().unwrap();
+        let back = DeviceCard::from_compact(&a.peer_id(), &agreement, &sig, &card.name, card.role)
+            .unwrap();
+        assert_eq!(back, card);
+        assert!(back.verify(&a.peer_id()).is_ok());
+        // Another name with the same signature does not verify.
+        let renamed =
+            DeviceCard::from_compact(&a.peer_id(), &agreement, &sig, "Dr Mallory", card.role)
+                .unwrap();
+        assert_eq!(renamed.verify(&a.peer_id()), Err(CardError::Signature));
     }
 
     #[test]

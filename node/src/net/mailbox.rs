@@ -6,6 +6,7 @@ use libp2p::{Multiaddr, PeerId};
 use tokio::io::AsyncReadExt;
 
 use super::offer::Offer;
+use super::proto::QueuedPair;
 use super::{swarm, Handle, NetError};
 use crate::store::{Contact, StoreError, Via};
 use discless_relay::proto::{self, BlobMeta, Request, Response, MAILBOX};
@@ -38,8 +39,6 @@ impl Handle {
         to: &Contact,
         offer: &Offer,
     ) -> Result<u64, NetError> {
-        let relay = swarm::relay_peer(relay_addr)
-            .ok_or_else(|| NetError::Invalid(format!("not a relay address: {relay_addr}")))?;
         let study = offer.study_uid.clone();
         let instances = self.blocking(move |s| s.instances(&study)).await??;
         let blobs_dir = self.store().blobs().clone();
@@ -55,11 +54,35 @@ impl Handle {
         }
         blobs.dedup_by(|a, b| a.id == b.id);
         let me = self.peer_id().to_string();
+        let payload = serde_json::to_string(offer).map_err(|e| NetError::Invalid(e.to_string()))?;
+        self.deposit_item(
+            relay_addr,
+            &to.peer_id,
+            item_name(&offer.study_uid, &me),
+            payload,
+            blobs,
+        )
+        .await
+    }
+
+    /// Deposits one item (an opaque payload and the listed blobs of our store) at `relay` for
+    /// `recipient`. Returns the expiry.
+    pub(crate) async fn deposit_item(
+        &self,
+        relay_addr: &Multiaddr,
+        recipient: &str,
+        item: String,
+        payload: String,
+        blobs: Vec<BlobMeta>,
+    ) -> Result<u64, NetError> {
+        let relay = swarm::relay_peer(relay_addr)
+            .ok_or_else(|| NetError::Invalid(format!("not a relay address: {relay_addr}")))?;
+        let blobs_dir = self.store().blobs().clone();
         let mut s = self.open(relay, MAILBOX, &who(&relay)).await?;
         let req = Request::Deposit {
-            recipient: to.peer_id.clone(),
-            item: item_name(&offer.study_uid, &me),
-            offer: serde_json::to_string(offer).map_err(|e| NetError::Invalid(e.to_string()))?,
+            recipient: recipient.to_owned(),
+            item,
+            offer: payload,
             blobs: blobs.clone(),
         };
         proto::write(&mut s, &req)
@@ -136,13 +159,11 @@ impl Handle {
             }
             other => return Err(err(&relay, format!("unexpected answer {other:?}"))),
         };
+        // Pairing requests first: a scanner whose issuer was offline left its request before
+        // its offers, and those offers are only readable once it is a contact.
+        let mut offers = Vec::new();
         for item in items {
-            let sender = item.sender.clone();
-            let Some(contact) = self.blocking(move |s| s.contact(&sender)).await?? else {
-                tracing::warn!(sender = %item.sender, "mailbox item from a peer that is not a contact left alone");
-                continue;
-            };
-            let offer = match self
+            let payload = match self
                 .mailbox_request(
                     relay,
                     &Request::Offer {
@@ -156,6 +177,17 @@ impl Handle {
                     tracing::warn!(item = %item.item, "mailbox item unreadable: {other:?}");
                     continue;
                 }
+            };
+            match serde_json::from_str::<QueuedPair>(&payload) {
+                Ok(q) => self.redeem_queued(relay, &item, q).await,
+                Err(_) => offers.push((item, payload)),
+            }
+        }
+        for (item, offer) in offers {
+            let sender = item.sender.clone();
+            let Some(contact) = self.blocking(move |s| s.contact(&sender)).await?? else {
+                tracing::warn!(sender = %item.sender, "mailbox item from a peer that is not a contact left alone");
+                continue;
             };
             let offer: Offer = match serde_json::from_str(&offer) {
                 Ok(o) => o,

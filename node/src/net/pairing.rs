@@ -4,15 +4,17 @@
 use std::time::Duration;
 
 use futures::AsyncWriteExt;
-use libp2p::PeerId;
+use libp2p::{Multiaddr, PeerId};
 use rand::RngCore;
 use serde::Serialize;
 
-use super::card;
-use super::proto::{PairReply, PairRequest, PAIR};
+use super::card::{self, DeviceCard};
+use super::proto::{PairReply, PairRequest, QueuedPair, PAIR};
 use super::ticket::Ticket as Wire;
 use super::{wire, Handle, NetError};
-use crate::store::{now_unix, Contact, Ticket};
+use crate::crypto::envelope;
+use crate::store::{now_unix, Contact, Ticket, Via};
+use discless_relay::proto::ItemMeta;
 
 /// How long the scanner waits for the issuer's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
@@ -43,10 +45,14 @@ pub struct Paired {
     /// On the issuer: the ticket used, hex; never printed.
     #[serde(skip)]
     pub token: Option<String>,
+    /// On a scanner whose issuer was offline: the relay where the pairing request waits until
+    /// the issuer comes online and completes it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<String>,
 }
 
 impl Paired {
-    fn of(c: &Contact) -> Self {
+    pub fn of(c: &Contact) -> Self {
         Self {
             peer_id: c.peer_id.clone(),
             name: c.name.clone(),
@@ -55,6 +61,7 @@ impl Paired {
             paired_unix: c.paired_unix,
             for_patient: c.patient_id.clone(),
             token: None,
+            queued_at: c.awaiting.clone(),
         }
     }
 }
@@ -79,6 +86,7 @@ impl Handle {
             expires_unix,
             role: keys.role,
             name: keys.name.clone(),
+            card: self.card().compact(),
         };
         let t = Ticket {
             token: hex::encode(token),
@@ -123,7 +131,19 @@ impl Handle {
                 "this ticket was issued by this node itself".into(),
             ));
         }
-        self.connect(t.peer_id, t.addrs.clone(), &who).await?;
+        if let Err(e) = self.connect(t.peer_id, t.addrs.clone(), &who).await {
+            let relays: Vec<Multiaddr> = t
+                .addrs
+                .iter()
+                .filter_map(super::swarm::relay_of_circuit)
+                .collect();
+            return match (&e, t.issuer_card()) {
+                (NetError::Unreachable { .. }, Some(their)) if !relays.is_empty() => {
+                    self.pair_via_relay(&t, their, relays, e).await
+                }
+                _ => Err(e),
+            };
+        }
         let mut stream = self.open(t.peer_id, PAIR, &who).await?;
         let proto = |e: wire::WireError| NetError::Protocol {
             who: who.clone(),
@@ -175,8 +195,155 @@ impl Handle {
             paired_unix: now_unix(),
             addrs: t.addrs.iter().map(ToString::to_string).collect(),
             patient_id: None,
+            awaiting: None,
         };
         self.record_pairing(contact, "scanned", None).await
+    }
+
+    /// The issuer is offline: seal the pairing request to the agreement key its ticket carries
+    /// and leave it at the issuer's relay, which it drains when it comes online. The contact is
+    /// recorded now (so a share can follow at once, queued the same way) and marked as awaiting
+    /// the issuer. Both sides compute the same code from the same token and cards.
+    async fn pair_via_relay(
+        &self,
+        t: &Wire,
+        their: DeviceCard,
+        relays: Vec<Multiaddr>,
+        direct: NetError,
+    ) -> Result<Paired, NetError> {
+        let req = PairRequest {
+            token: hex::encode(t.token),
+            card: self.card().clone(),
+        };
+        let plain = zeroize::Zeroizing::new(
+            serde_json::to_vec(&req).map_err(|e| NetError::Invalid(e.to_string()))?,
+        );
+        let agreement = their
+            .agreement_key()
+            .map_err(|e| NetError::Invalid(e.to_string()))?;
+        let sealed = envelope::seal_message(&plain, &pair_context(&t.peer_id), &agreement);
+        let payload = serde_json::to_string(&QueuedPair {
+            pair_request: sealed,
+        })
+        .map_err(|e| NetError::Invalid(e.to_string()))?;
+        let item = pair_item_name(&t.token, &self.peer_id());
+        for r in &relays {
+            self.use_relay(r.clone()).await;
+        }
+        let mut last = direct;
+        for relay in &relays {
+            match self
+                .deposit_item(
+                    relay,
+                    &t.peer_id.to_string(),
+                    item.clone(),
+                    payload.clone(),
+                    Vec::new(),
+                )
+                .await
+            {
+                Ok(_) => {
+                    let contact = Contact {
+                        peer_id: t.peer_id.to_string(),
+                        name: their.name.clone(),
+                        role: their.role,
+                        sas: card::sas(&t.token, &their, self.card()),
+                        card: their,
+                        paired_unix: now_unix(),
+                        addrs: t.addrs.iter().map(ToString::to_string).collect(),
+                        patient_id: None,
+                        awaiting: Some(relay.to_string()),
+                    };
+                    tracing::info!(issuer = %t.peer_id, %relay, "issuer offline: pairing request queued at relay");
+                    return self
+                        .record_pairing(contact, "scanned, queued at relay", None)
+                        .await;
+                }
+                Err(e) => {
+                    tracing::warn!(%relay, "pairing request not queued: {e}");
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// Completes a pairing request a scanner left at `relay` while this node was offline, then
+    /// deletes it there whatever the outcome: a refused request does not become valid later.
+    pub(super) async fn redeem_queued(&self, relay: PeerId, item: &ItemMeta, q: QueuedPair) {
+        let outcome = async {
+            let sender: PeerId = item
+                .sender
+                .parse()
+                .map_err(|_| "the relay named no valid sender".to_owned())?;
+            let plain = envelope::open_message(
+                &q.pair_request,
+                &self.store().keys().agreement,
+                &pair_context(&self.peer_id()),
+            )
+            .map_err(|e| format!("pairing request: {e}"))?;
+            let req: PairRequest = serde_json::from_slice(&plain)
+                .map_err(|e| format!("pairing request is malformed: {e}"))?;
+            // The scanner is reachable through the relay it used, at least.
+            let addrs = self
+                .relays()
+                .into_iter()
+                .filter(|r| super::swarm::relay_peer(r) == Some(relay))
+                .map(|r| {
+                    r.with(libp2p::multiaddr::Protocol::P2pCircuit)
+                        .with(libp2p::multiaddr::Protocol::P2p(sender))
+                        .to_string()
+                })
+                .collect();
+            let scanned = Scanned {
+                at_unix: item.deposited_unix,
+                addrs,
+            };
+            issuer_side(self, sender, req, Some(scanned)).await
+        }
+        .await;
+        if let Err(reason) = outcome {
+            tracing::warn!(sender = %item.sender, %reason, "queued pairing request refused");
+            let (r, p) = (reason, item.sender.clone());
+            let _ = self
+                .blocking(move |s| {
+                    s.audit().append(
+                        "pairing refused",
+                        serde_json::json!({ "peer_id": p, "reason": r, "queued": true }),
+                    )
+                })
+                .await;
+        }
+        self.ack_mailbox(&Via {
+            relay: relay.to_string(),
+            item: item.item.clone(),
+        })
+        .await;
+    }
+
+    /// A contact that was awaiting its issuer answered as a contact: the pairing is complete
+    /// on both sides.
+    pub(crate) async fn confirm_contact(&self, peer: &str) {
+        let p = peer.to_owned();
+        let r = self
+            .blocking(move |s| -> Result<bool, crate::store::StoreError> {
+                let Some(mut c) = s.contact(&p)? else {
+                    return Ok(false);
+                };
+                if c.awaiting.take().is_none() {
+                    return Ok(false);
+                }
+                s.put_contact(&c)?;
+                s.audit().append(
+                    "pairing confirmed",
+                    serde_json::json!({ "peer_id": c.peer_id, "name": c.name }),
+                )?;
+                Ok(true)
+            })
+            .await;
+        if let Ok(Ok(true)) = r {
+            tracing::info!(%peer, "queued pairing confirmed by the issuer");
+        }
     }
 
     async fn record_pairing(
@@ -208,21 +375,24 @@ impl Handle {
 }
 
 /// Why a ticket cannot be used, checked and marked used in one step (single use even when two
-/// phones scan the same QR at once).
+/// phones scan the same QR at once). A request that waited at a relay counts from when it was
+/// left there: the phone scanned in time, the issuer was offline.
 fn redeem(
     store: &crate::store::Store,
     token: &str,
     peer: &PeerId,
+    scanned_unix: Option<u64>,
 ) -> Result<Ticket, crate::store::StoreError> {
+    let at = scanned_unix.unwrap_or_else(now_unix).min(now_unix());
     store
         .update_ticket(token, |t| match t {
             None => Err("unknown pairing ticket (forged, or issued by another node)".to_owned()),
             Some(t) if t.used_by.is_some() => {
                 Err("this pairing ticket was already used; ask for a new one".to_owned())
             }
-            Some(t) if now_unix() >= t.expires_unix => Err(format!(
-                "this pairing ticket expired {} ago; ask for a new one",
-                humantime::format_duration(Duration::from_secs(now_unix() - t.expires_unix))
+            Some(t) if at >= t.expires_unix => Err(format!(
+                "this pairing ticket expired {} before it was used; ask for a new one",
+                humantime::format_duration(Duration::from_secs(at - t.expires_unix))
             )),
             Some(t) => {
                 t.used_by = Some(peer.to_string());
@@ -242,7 +412,7 @@ pub(super) async fn handle_inbound(net: Handle, peer: PeerId, mut stream: libp2p
         Ok(Ok(r)) => r,
         _ => return,
     };
-    let reply = match issuer_side(&net, peer, req).await {
+    let reply = match issuer_side(&net, peer, req, None).await {
         Ok(_) => PairReply::Accepted {
             card: net.card().clone(),
         },
@@ -265,14 +435,42 @@ pub(super) async fn handle_inbound(net: Handle, peer: PeerId, mut stream: libp2p
     let _ = stream.close().await;
 }
 
-async fn issuer_side(net: &Handle, peer: PeerId, req: PairRequest) -> Result<Paired, String> {
+/// A pairing request that waited at a relay: when the scanner left it (the relay's clock), and
+/// where the scanner can be reached.
+struct Scanned {
+    at_unix: u64,
+    addrs: Vec<String>,
+}
+
+/// What a queued pairing request is sealed under: it opens only as a request to this issuer.
+fn pair_context(issuer: &PeerId) -> String {
+    format!("pair request to {issuer}")
+}
+
+/// The mailbox item of a queued pairing request: a hash of the token (which the relay must not
+/// learn) and of the scanner, so that two phones scanning one QR leave two requests, and the
+/// issuer refuses the second as a used ticket.
+fn pair_item_name(token: &[u8; 16], scanner: &PeerId) -> String {
+    let mut h = blake3::Hasher::new_derive_key("discless 2026 mailbox pairing item v1");
+    h.update(token);
+    h.update(&scanner.to_bytes());
+    format!("pair-{}", &h.finalize().to_hex()[..32])
+}
+
+async fn issuer_side(
+    net: &Handle,
+    peer: PeerId,
+    req: PairRequest,
+    scanned: Option<Scanned>,
+) -> Result<Paired, String> {
     req.card
         .verify(&peer)
         .map_err(|e| format!("your device card was refused: {e}"))?;
     let token_bytes = hex::decode(&req.token).map_err(|_| "malformed token".to_owned())?;
     let token = req.token.clone();
+    let scanned_unix = scanned.as_ref().map(|s| s.at_unix);
     let ticket = net
-        .blocking(move |s| redeem(s, &token, &peer))
+        .blocking(move |s| redeem(s, &token, &peer, scanned_unix))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| match e {
@@ -280,6 +478,10 @@ async fn issuer_side(net: &Handle, peer: PeerId, req: PairRequest) -> Result<Pai
             other => other.to_string(),
         })?;
     // The scanner's addresses came with identify when it connected (`share::note_addresses`).
+    let mut addrs = net.seen(&peer);
+    if let Some(s) = &scanned {
+        addrs.extend(s.addrs.iter().cloned());
+    }
     let contact = Contact {
         peer_id: peer.to_string(),
         name: req.card.name.clone(),
@@ -287,10 +489,16 @@ async fn issuer_side(net: &Handle, peer: PeerId, req: PairRequest) -> Result<Pai
         sas: card::sas(&token_bytes, net.card(), &req.card),
         card: req.card,
         paired_unix: now_unix(),
-        addrs: net.seen(&peer),
+        addrs,
         patient_id: ticket.patient_id,
+        awaiting: None,
     };
-    net.record_pairing(contact, "issued", Some(req.token.clone()))
+    let how = if scanned.is_some() {
+        "issued, queued at relay"
+    } else {
+        "issued"
+    };
+    net.record_pairing(contact, how, Some(req.token.clone()))
         .await
         .map_err(|e| e.to_string())
 }

@@ -26,6 +26,15 @@ pub struct PairRequest {
     pub card: DeviceCard,
 }
 
+/// A [`PairRequest`] left in a relay mailbox for an issuer that was offline when its ticket
+/// was scanned, sealed to the issuer's agreement key from the ticket: the relay sees neither the
+/// token nor the card. Offers are the mailbox's other payload; the two never parse as each other.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueuedPair {
+    pub pair_request: crate::crypto::envelope::Envelope,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum PairReply {

@@ -191,7 +191,13 @@ impl Handle {
             .map_err(proto)?;
         let _ = stream.close().await;
         match reply {
-            Reply::Ok => Ok(()),
+            Reply::Ok => {
+                // Only a node that paired with us answers Ok.
+                if c.awaiting.is_some() {
+                    self.confirm_contact(&c.peer_id).await;
+                }
+                Ok(())
+            }
             Reply::Refused { reason } => Err(NetError::Refused { who, reason }),
         }
     }
@@ -354,6 +360,9 @@ async fn answer(net: &Handle, peer: PeerId, req: Request) -> Result<(), String> 
         tracing::warn!(%peer, "request from a peer that is not a contact refused");
         return Err(NOT_PAIRED.into());
     };
+    if contact.awaiting.is_some() {
+        net.confirm_contact(&contact.peer_id).await;
+    }
     match req {
         Request::Offer(o) => {
             let c = contact.clone();

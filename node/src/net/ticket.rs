@@ -1,16 +1,19 @@
 //! Pairing tickets: what the QR code carries.
 //!
 //! `discless:pair/<BASE32>`: a compact binary record (version, PeerId, addresses, a 128-bit
-//! one-time token, expiry, role, display name) in RFC 4648 base32, which QR codes store in their
-//! dense alphanumeric mode. It holds no PHI: a patient binding stays on the issuer, keyed by the
-//! token.
+//! one-time token, expiry, role, display name and, from version 2, the issuer's X25519 key and
+//! card signature) in RFC 4648 base32, which QR codes store in their dense alphanumeric mode. It
+//! holds no PHI: a patient binding stays on the issuer, keyed by the token. With the card the
+//! scanner can seal its pairing request to an issuer that is offline and leave it at the
+//! issuer's relay.
 
 use libp2p::{Multiaddr, PeerId};
 
+use super::card::DeviceCard;
 use crate::keystore::Role;
 
 pub const SCHEME: &str = "discless:pair/";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const MAX_NAME: usize = 64;
 const MAX_ADDRS: usize = 8;
 
@@ -23,6 +26,8 @@ pub struct Ticket {
     pub expires_unix: u64,
     pub role: Role,
     pub name: String,
+    /// The issuer's agreement key and card signature ([`DeviceCard::compact`]).
+    pub card: Option<([u8; 32], Vec<u8>)>,
 }
 
 /// A string that is not a ticket.
@@ -61,6 +66,16 @@ impl Ticket {
             b.push(a.len() as u8);
             b.extend_from_slice(&a);
         }
+        // A truncated name would not match the card's signature: leave the card out then.
+        match &self.card {
+            Some((agreement, sig)) if name.len() == self.name.len() && sig.len() <= 255 => {
+                b.push(1);
+                b.extend_from_slice(agreement);
+                b.push(sig.len() as u8);
+                b.extend_from_slice(sig);
+            }
+            _ => b.push(0),
+        }
         format!("{SCHEME}{}", data_encoding::BASE32_NOPAD.encode(&b))
     }
 
@@ -75,7 +90,7 @@ impl Ticket {
             .map_err(|_| TicketError::Malformed("not base32 (was it copied whole?)"))?;
         let mut r = Reader(&raw);
         let v = r.u8()?;
-        if v != VERSION {
+        if v != 1 && v != VERSION {
             return Err(TicketError::Version(v));
         }
         let n = r.u8()? as usize;
@@ -107,6 +122,21 @@ impl Ticket {
                     .map_err(|_| TicketError::Malformed("address"))?,
             );
         }
+        let card = match (v, r.0.is_empty()) {
+            (1, _) | (_, true) => None,
+            _ => match r.u8()? {
+                0 => None,
+                1 => {
+                    let agreement: [u8; 32] = r
+                        .take(32)?
+                        .try_into()
+                        .map_err(|_| TicketError::Malformed("agreement key"))?;
+                    let n = r.u8()? as usize;
+                    Some((agreement, r.take(n)?.to_vec()))
+                }
+                _ => return Err(TicketError::Malformed("card flag")),
+            },
+        };
         if !r.0.is_empty() {
             return Err(TicketError::Malformed("trailing bytes"));
         }
@@ -117,7 +147,17 @@ impl Ticket {
             expires_unix,
             role,
             name,
+            card,
         })
+    }
+
+    /// The issuer's device card, when the ticket carries one that verifies.
+    pub fn issuer_card(&self) -> Option<DeviceCard> {
+        let (agreement, sig) = self.card.as_ref()?;
+        let card =
+            DeviceCard::from_compact(&self.peer_id, agreement, sig, &self.name, self.role).ok()?;
+        card.verify(&self.peer_id).ok()?;
+        Some(card)
     }
 }
 
@@ -224,6 +264,7 @@ mod tests {
             expires_unix: 1_900_000_000,
             role: Role::Clinic,
             name: "Riverside Clinic — Radiology".into(),
+            card: Some(([9; 32], vec![3; 64])),
         }
     }
 
@@ -252,6 +293,25 @@ mod tests {
             b[i] = if b[i] == b'A' { b'B' } else { b'A' };
             let _ = Ticket::decode(&format!("{SCHEME}{}", String::from_utf8(b).unwrap()));
         }
+    }
+
+    #[test]
+    fn the_issuer_card_travels_and_a_forged_one_is_ignored() {
+        let keys = crate::keystore::Keys::generate_for_tests("Dr Grey", Role::Doctor);
+        let card = DeviceCard::new(&keys);
+        let mut t = sample();
+        t.peer_id = keys.peer_id();
+        t.name = card.name.clone();
+        t.role = card.role;
+        t.card = card.compact();
+        let back = Ticket::decode(&t.encode()).unwrap();
+        assert_eq!(back.issuer_card(), Some(card));
+        // A signature that is not the issuer's yields no card (the scanner then cannot pair
+        // while the issuer is offline).
+        assert_eq!(sample().issuer_card(), None);
+        // Without a card the ticket is a version-1 ticket in all but its version byte.
+        t.card = None;
+        assert_eq!(Ticket::decode(&t.encode()).unwrap().card, None);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct Contact {
     /// ID, present and future.
     #[serde(default)]
     pub patient_id: Option<String>,
+    /// Set on the scanner of a ticket whose issuer was offline: the relay where the pairing
+    /// request waits. Cleared when the issuer is first heard from as a contact.
+    #[serde(default)]
+    pub awaiting: Option<String>,
 }
 
 /// A pairing ticket this node issued.

@@ -117,6 +117,19 @@ impl Mailbox {
         )?))
     }
 
+    /// Whether `sender` may deposit `item` for `recipient`: a sender replaces only its own
+    /// items, never another sender's of the same name.
+    pub fn may_deposit(
+        &self,
+        recipient: &str,
+        item: &str,
+        sender: &str,
+    ) -> Result<bool, MailboxError> {
+        Ok(self
+            .item(recipient, item)?
+            .is_none_or(|existing| existing.sender == sender))
+    }
+
     /// Bytes a recipient and a sender hold now, not counting `replacing`.
     pub fn usage(
         &self,
@@ -193,5 +206,28 @@ impl Mailbox {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sender_replaces_its_own_items_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            per_recipient: 1 << 20,
+            per_sender: 1 << 20,
+            ttl_secs: 60,
+        };
+        let m = Mailbox::open(dir.path(), limits).unwrap();
+        assert!(m.may_deposit("doc", "x", "alice").unwrap());
+        m.commit(m.temp_dir().unwrap(), "{}", "doc", "alice", "x", Vec::new())
+            .unwrap();
+        assert!(m.may_deposit("doc", "x", "alice").unwrap());
+        assert!(!m.may_deposit("doc", "x", "mallory").unwrap());
+        assert!(m.may_deposit("other", "x", "mallory").unwrap());
+        assert_eq!(m.offer("doc", "x").unwrap().as_deref(), Some("{}"));
     }
 }

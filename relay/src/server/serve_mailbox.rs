@@ -120,6 +120,13 @@ async fn deposit(
     if !proto::is_item_name(&item) || blobs.iter().any(|b| !proto::is_blob_id(&b.id)) {
         return Err("malformed item name or blob id".into());
     }
+    if !mailbox
+        .may_deposit(&recipient, &item, sender)
+        .map_err(|e| e.to_string())?
+    {
+        ours.refused("item_taken");
+        return Err("another sender already left an item of this name for this recipient".into());
+    }
     let bytes: u64 = blobs.iter().map(|b| b.len).sum::<u64>() + offer.len() as u64;
     let (r, snd) = mailbox
         .usage(&recipient, sender, &item)
