@@ -9,11 +9,15 @@ cd "$(dirname "$0")/.."
 sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Third-party programs the end-to-end tests drive: dcmtk, Chromium (Debian's; playwright-core
-# drives it, no browser download), Node.js for playwright, Python's dicomweb-client.
+# drives it, no browser download), Node.js for playwright, Python's dicomweb-client, iproute2
+# and nftables.
 apt_missing=()
 [ -x /usr/bin/dcmdump ] || apt_missing+=(dcmtk)
 [ -x /usr/bin/gdcmconv ] || apt_missing+=(libgdcm-tools)
 [ -x /usr/bin/chromium ] || apt_missing+=(chromium)
+# Network namespaces and firewalls for the hole-punching test (tests/tests/holepunch.rs).
+[ -x /usr/sbin/ip ] || apt_missing+=(iproute2)
+[ -x /usr/sbin/nft ] || apt_missing+=(nftables)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing: ${apt_missing[*]}"

@@ -112,6 +112,8 @@ pub fn require_tool(path: &str) -> Option<PathBuf> {
 pub struct Node {
     pub dir: tempfile::TempDir,
     pub passphrase: String,
+    /// The network namespace its commands run in ([`Lab`]); the host's when None.
+    pub netns: Option<String>,
 }
 
 impl Node {
@@ -135,7 +137,14 @@ impl Node {
         Ok(Self {
             dir: tempfile::tempdir()?,
             passphrase: "correct horse battery staple".into(),
+            netns: None,
         })
+    }
+
+    /// From now on its commands (and its server) run inside network namespace `ns`.
+    pub fn in_netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.to_owned());
+        self
     }
 
     pub fn home(&self) -> PathBuf {
@@ -144,7 +153,14 @@ impl Node {
 
     /// A `discless` command for this node (home and passphrase in the environment).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
         c.args(args)
             .env("DISCLESS_HOME", self.home())
             .env("DISCLESS_PASSPHRASE", &self.passphrase)
@@ -249,6 +265,10 @@ impl Node {
     /// Tests poll through this rather than the CLI: every CLI run derives the passphrase key
     /// (Argon2, 64 MiB), and a few tests polling that way at once starve a 2-core machine.
     pub fn api(&self, path: &str) -> Option<serde_json::Value> {
+        // Its loopback is not ours.
+        if self.netns.is_some() {
+            return None;
+        }
         let a: serde_json::Value =
             serde_json::from_slice(&std::fs::read(self.home().join("serve.json")).ok()?).ok()?;
         let url = a["url"].as_str()?;
@@ -409,6 +429,8 @@ pub struct Relay {
     /// The addresses it printed, each ending in `/p2p/<relay>`.
     pub addrs: Vec<String>,
     pub metrics: String,
+    /// The network namespace it runs in; the host's when None.
+    pub netns: Option<String>,
 }
 
 impl Relay {
@@ -426,11 +448,30 @@ impl Relay {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        Self::start_in(None, data, listen, allow, args, env)
+    }
+
+    /// [`Relay::start_with`] inside network namespace `netns`.
+    pub fn start_in(
+        netns: Option<&str>,
+        data: &Path,
+        listen: &str,
+        allow: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         use std::io::BufRead;
         std::fs::create_dir_all(data)?;
         let allow_file = data.join("allow.txt");
         std::fs::write(&allow_file, allow.join("\n"))?;
-        let mut cmd = Command::new(relay_bin());
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(relay_bin());
+                c
+            }
+            None => Command::new(relay_bin()),
+        };
         cmd.args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .arg("--allow-file")
@@ -450,6 +491,7 @@ impl Relay {
             data: data.to_path_buf(),
             addrs: Vec::new(),
             metrics: String::new(),
+            netns: netns.map(str::to_owned),
         };
         for line in std::io::BufReader::new(stdout).lines() {
             let line = line?;
@@ -476,13 +518,31 @@ impl Relay {
 
     /// One value from its Prometheus metrics (0 when the series is absent).
     pub fn metric(&self, name: &str) -> Result<f64> {
-        let mut resp = ureq::get(&self.metrics).call()?;
-        ensure!(
-            resp.status() == 200,
-            "metrics endpoint answered {}",
-            resp.status()
-        );
-        let text = resp.body_mut().read_to_string()?;
+        let text = match &self.netns {
+            // Its metrics listen on its namespace's loopback: ask from inside.
+            Some(ns) => {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "python3", "-c"])
+                    .arg("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+                    .arg(&self.metrics)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "metrics in {ns}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8(out.stdout)?
+            }
+            None => {
+                let mut resp = ureq::get(&self.metrics).call()?;
+                ensure!(
+                    resp.status() == 200,
+                    "metrics endpoint answered {}",
+                    resp.status()
+                );
+                resp.body_mut().read_to_string()?
+            }
+        };
         Ok(text
             .lines()
             .filter(|l| !l.starts_with('#'))
@@ -587,4 +647,134 @@ impl Drop for TapProxy {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// Network namespaces a test made: a "wan" that routes between two hosts, each behind a stateful
+/// firewall that drops every inbound connection the host did not start (as a home router or a
+/// hospital's firewall does). The hosts reach each other only through what runs in the wan (a
+/// relay), unless they punch a hole: both dial at once, so each firewall sees the other's
+/// packets as answers. Everything is removed on drop.
+#[derive(Debug)]
+pub struct Lab {
+    pub wan: String,
+    pub a: String,
+    pub b: String,
+}
+
+impl Lab {
+    /// The wan's address on host A's link (where a relay in the wan listens).
+    pub const WAN: &'static str = "10.77.1.1";
+    pub const A: &'static str = "10.77.1.2";
+    pub const B: &'static str = "10.77.2.2";
+
+    /// Builds the namespaces; None (with a SKIPPED line) when this is not root, which CI
+    /// (`CI=true`) does not accept.
+    pub fn firewalled_hosts() -> Result<Option<Self>> {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0"))
+            .unwrap_or(false);
+        if !root {
+            ensure!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "network namespaces need root, and CI=true does not allow skipping"
+            );
+            eprintln!("SKIPPED: network namespaces need root");
+            return Ok(None);
+        }
+        for tool in ["/usr/sbin/ip", "/usr/sbin/nft"] {
+            if require_tool(tool).is_none() {
+                return Ok(None);
+            }
+        }
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let id = format!(
+            "dl{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let lab = Self {
+            wan: format!("{id}w"),
+            a: format!("{id}a"),
+            b: format!("{id}b"),
+        };
+        lab.build()?;
+        Ok(Some(lab))
+    }
+
+    fn build(&self) -> Result<()> {
+        let (w, a, b) = (self.wan.as_str(), self.a.as_str(), self.b.as_str());
+        for ns in [w, a, b] {
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        for (host, wan_if, wan_ip, host_ip) in [
+            (a, "ea", "10.77.1.1/24", "10.77.1.2/24"),
+            (b, "eb", "10.77.2.1/24", "10.77.2.2/24"),
+        ] {
+            ip(&[
+                "link", "add", "eth0", "netns", host, "type", "veth", "peer", "name", wan_if,
+                "netns", w,
+            ])?;
+            ip(&["-n", host, "addr", "add", host_ip, "dev", "eth0"])?;
+            ip(&["-n", host, "link", "set", "eth0", "up"])?;
+            ip(&["-n", w, "addr", "add", wan_ip, "dev", wan_if])?;
+            ip(&["-n", w, "link", "set", wan_if, "up"])?;
+            let gw = wan_ip.split('/').next().unwrap_or_default();
+            ip(&["-n", host, "route", "add", "default", "via", gw])?;
+            let fw = "table inet fw {\n chain input {\n  type filter hook input priority 0; policy drop;\n  ct state established,related accept\n  iif \"lo\" accept\n }\n}\n";
+            let mut nft = Command::new("ip")
+                .args(["netns", "exec", host, "nft", "-f", "-"])
+                .stdin(std::process::Stdio::piped())
+                .spawn()?;
+            use std::io::Write as _;
+            nft.stdin.take().context("nft stdin")?.write_all(fw.as_bytes())?;
+            ensure!(nft.wait()?.success(), "nft rules in {host} failed");
+        }
+        let out = Command::new("ip")
+            .args(["netns", "exec", w, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "forwarding in {w}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+
+    /// Whether a plain TCP connection from namespace `from` to `host:port` is accepted within
+    /// 3 s (python3's socket, the simplest client present everywhere here).
+    pub fn tcp_connects(&self, from: &str, host: &str, port: u16) -> Result<bool> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", from, "python3", "-c"])
+            .arg("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3)\n    print('yes')\nexcept OSError:\n    print('no')")
+            .args([host, &port.to_string()])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "probe from {from}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout.starts_with(b"yes"))
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b, &self.wan] {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }

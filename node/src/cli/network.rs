@@ -176,6 +176,8 @@ struct ContactRow {
     paired_unix: u64,
     sas: String,
     online: Option<bool>,
+    /// `direct` or `relayed` while online.
+    route: Option<&'static str>,
     for_patient: Option<String>,
     addrs: Vec<String>,
     /// The relay where our pairing request waits for this (offline) issuer.
@@ -211,16 +213,13 @@ pub(super) fn contacts(
         }
         return Ok(Outcome::Success);
     }
-    let connected: Option<Vec<String>> = net.and_then(|n| {
-        n.block_on(n.snapshot())
-            .ok()
-            .map(|s| s.connected.iter().map(ToString::to_string).collect())
-    });
+    let snap = net.and_then(|n| n.block_on(n.snapshot()).ok());
     let rows: Vec<ContactRow> = store
         .contacts()?
         .into_iter()
         .map(|c| ContactRow {
-            online: connected.as_ref().map(|v| v.contains(&c.peer_id)),
+            online: snap.as_ref().map(|s| s.route(&c.peer_id).is_some()),
+            route: snap.as_ref().and_then(|s| s.route(&c.peer_id)),
             peer_id: c.peer_id,
             name: c.name,
             role: c.role,
@@ -242,12 +241,13 @@ pub(super) fn contacts(
         );
     }
     for r in rows {
-        let state = match r.online {
-            Some(true) => "online",
-            Some(false) => "offline",
-            None => "",
+        let state = match (r.online, r.route) {
+            (Some(true), Some("relayed")) => "online via relay",
+            (Some(true), _) => "online",
+            (Some(false), _) => "offline",
+            (None, _) => "",
         };
-        out!(w, "{:<24} {:<8} {:<8} {}", r.name, r.role, state, r.peer_id);
+        out!(w, "{:<24} {:<8} {:<16} {}", r.name, r.role, state, r.peer_id);
         if r.awaiting.is_some() {
             out!(
                 w,

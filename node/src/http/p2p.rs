@@ -256,28 +256,24 @@ struct ContactRow {
     sas: String,
     /// Unknown (null) when the network is not running here.
     online: Option<bool>,
+    /// `direct` or `relayed` while online.
+    route: Option<&'static str>,
     for_patient: Option<String>,
     /// The relay where our pairing request waits for this (offline) issuer.
     awaiting: Option<String>,
 }
 
 async fn contacts(State(state): State<AppState>) -> ApiResult<Json<Vec<ContactRow>>> {
-    let connected: Option<Vec<String>> = match state.net() {
-        Some(n) => Some(
-            n.snapshot()
-                .await?
-                .connected
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-        ),
+    let snap = match state.net() {
+        Some(n) => Some(n.snapshot().await?),
         None => None,
     };
     let all = blocking(&state, |s| Ok(s.contacts()?)).await?;
     Ok(Json(
         all.into_iter()
             .map(|c| ContactRow {
-                online: connected.as_ref().map(|v| v.contains(&c.peer_id)),
+                online: snap.as_ref().map(|s| s.route(&c.peer_id).is_some()),
+                route: snap.as_ref().and_then(|s| s.route(&c.peer_id)),
                 peer_id: c.peer_id,
                 name: c.name,
                 role: c.role,

@@ -36,6 +36,22 @@ pub struct Snapshot {
     pub connected: Vec<PeerId>,
     /// Relays with an active reservation.
     pub relays: Vec<PeerId>,
+    /// Connected peers with at least one direct (not relayed) connection.
+    pub direct: Vec<PeerId>,
+}
+
+impl Snapshot {
+    /// How `peer` is connected now: `direct`, `relayed`, or not at all (None).
+    pub fn route(&self, peer: &str) -> Option<&'static str> {
+        let p: PeerId = peer.parse().ok()?;
+        if self.direct.contains(&p) {
+            Some("direct")
+        } else if self.connected.contains(&p) {
+            Some("relayed")
+        } else {
+            None
+        }
+    }
 }
 
 /// The relay's PeerId in an address like `/ip4/…/tcp/…/p2p/<relay>` (before any `/p2p-circuit`).
@@ -65,6 +81,12 @@ pub fn relay_of_circuit(addr: &Multiaddr) -> Option<Multiaddr> {
 
 /// How often a lost reservation is tried again.
 const RELAY_RETRY: Duration = Duration::from_secs(3);
+
+/// After a hole punch the relayed connection to that peer is closed, so that bulk traffic goes
+/// direct (libp2p-stream opens streams on any of a peer's connections); streams already open on
+/// it (a pairing, the first blobs of a download) get this long to finish, and a download cut
+/// after it resumes on the direct connection.
+const RELAYED_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub(crate) enum Command {
@@ -173,10 +195,25 @@ pub(crate) async fn run(
     let mut relays: HashMap<Multiaddr, Option<libp2p::core::transport::ListenerId>> =
         HashMap::new();
     let mut reserved: HashSet<PeerId> = HashSet::new();
+    // Every open connection, and whether it goes through a relay.
+    let mut conns: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, bool>> = HashMap::new();
+    let mut close_relayed = futures::stream::FuturesUnordered::new();
     let mut retry = tokio::time::interval(RELAY_RETRY);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            Some(peer) = close_relayed.next(), if !close_relayed.is_empty() => {
+                let relayed: Vec<_> = conns
+                    .get(&peer)
+                    .map(|m| m.iter().filter(|(_, r)| **r).map(|(id, _)| *id).collect())
+                    .unwrap_or_default();
+                let has_direct = conns.get(&peer).is_some_and(|m| m.values().any(|r| !r));
+                if has_direct {
+                    for id in relayed {
+                        swarm.close_connection(id);
+                    }
+                }
+            }
             _ = retry.tick() => {
                 for (addr, listener) in relays.iter_mut() {
                     if listener.is_none() {
@@ -225,6 +262,11 @@ pub(crate) async fn run(
                             external: swarm.external_addresses().cloned().collect(),
                             connected: connected.iter().copied().collect(),
                             relays: reserved.iter().copied().collect(),
+                            direct: conns
+                                .iter()
+                                .filter(|(_, m)| m.values().any(|relayed| !relayed))
+                                .map(|(p, _)| *p)
+                                .collect(),
                         });
                     }
                     Command::UseRelay(addr) => {
@@ -269,16 +311,35 @@ pub(crate) async fn run(
                     }
                     let _ = events.send(Event::RelayReady(relay_peer_id));
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     tracing::debug!(peer = %peer_id, relayed = endpoint.is_relayed(), "connected");
+                    conns.entry(peer_id).or_default().insert(connection_id, endpoint.is_relayed());
                     connected.insert(peer_id);
                     for r in waiting.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(Ok(()));
                     }
                     let _ = events.send(Event::Connected(peer_id));
                 }
-                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                    connected.remove(&peer_id);
+                SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                    if let Some(m) = conns.get_mut(&peer_id) {
+                        m.remove(&connection_id);
+                    }
+                    if num_established == 0 {
+                        conns.remove(&peer_id);
+                        connected.remove(&peer_id);
+                    }
+                }
+                SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
+                    match result {
+                        Ok(_) => {
+                            tracing::info!(peer = %remote_peer_id, "hole punched: direct connection; the relayed one closes in {RELAYED_GRACE:?}");
+                            close_relayed.push(async move {
+                                tokio::time::sleep(RELAYED_GRACE).await;
+                                remote_peer_id
+                            });
+                        }
+                        Err(e) => tracing::info!(peer = %remote_peer_id, "no hole punch, staying on the relay: {e}"),
+                    }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
                     if !swarm.is_connected(&peer) =>
