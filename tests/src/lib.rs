@@ -729,7 +729,10 @@ impl Lab {
                 .stdin(std::process::Stdio::piped())
                 .spawn()?;
             use std::io::Write as _;
-            nft.stdin.take().context("nft stdin")?.write_all(fw.as_bytes())?;
+            nft.stdin
+                .take()
+                .context("nft stdin")?
+                .write_all(fw.as_bytes())?;
             ensure!(nft.wait()?.success(), "nft rules in {host} failed");
         }
         let out = Command::new("ip")

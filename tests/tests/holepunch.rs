@@ -105,9 +105,11 @@ fn firewalled_nodes_meet_through_the_relay_then_hole_punch_and_transfer_direct()
     wait_for("a hole-punched connection", Duration::from_secs(60), || {
         Ok(route(&clinic, &p)?.as_deref() == Some("direct"))
     })?;
-    wait_for("the relayed connection to close", Duration::from_secs(60), || {
-        Ok(relay.metric("discless_relay_circuits_active")? == 0.0)
-    })?;
+    wait_for(
+        "the relayed connection to close",
+        Duration::from_secs(60),
+        || Ok(relay.metric("discless_relay_circuits_active")? == 0.0),
+    )?;
     ensure!(route(&phone, &c)?.as_deref() == Some("direct"));
 
     let before = relay_bytes(&relay)?;

@@ -116,13 +116,17 @@ fn pair_then_doctor_offline(
     doctor: &Node,
     name: &str,
     slices: u32,
-    patient_relay: &str,
+    patient_relay: Option<&str>,
     doctor_relay: &str,
 ) -> Result<(tempfile::TempDir, String, Served)> {
     let src = tempfile::tempdir()?;
     let uid = study(src.path(), name, slices, 256)?;
     patient.import(&[src.path()])?;
-    let p = patient.serve(&["--relay", patient_relay])?;
+    // Without a relay of its own, the patient learns the doctor's from the ticket.
+    let p = match patient_relay {
+        Some(r) => patient.serve(&["--relay", r])?,
+        None => patient.serve(&[])?,
+    };
     let mut d = doctor.serve(&["--relay", doctor_relay])?;
     pair(doctor, patient)?;
     d.terminate()?;
@@ -139,7 +143,7 @@ fn share_to_offline_doctor(
 ) -> Result<(tempfile::TempDir, String)> {
     let r = relay.tcp_addr()?;
     let (src, uid, _p) =
-        pair_then_doctor_offline(patient, doctor, "AHEAD^OFVISIT", slices, &r, &r)?;
+        pair_then_doctor_offline(patient, doctor, "AHEAD^OFVISIT", slices, None, &r)?;
     let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
     assert_eq!(shared["state"], "queued", "{shared}");
     assert!(
@@ -188,7 +192,8 @@ fn a_study_waits_in_the_mailbox_until_the_offline_doctor_starts() -> Result<()> 
         Ok(relay.metric("discless_relay_mailbox_items")? == 0.0)
     })?;
     // The patient, back online, learns that the doctor has it.
-    let _p = patient.serve(&["--relay", &r])?;
+    // Its contact's circuit address brings the relay back into use after the restart.
+    let _p = patient.serve(&[])?;
     wait_for(
         "delivery noted by the patient",
         Duration::from_secs(90),
@@ -410,7 +415,7 @@ fn the_relay_sees_ciphertext_only_and_purges_expired_items() -> Result<()> {
         1,
     );
     let name = "PRIVATE^PATIENTNAME";
-    let (src, uid, _p) = pair_then_doctor_offline(&patient, &doctor, name, 6, &tapped, &r)?;
+    let (src, uid, _p) = pair_then_doctor_offline(&patient, &doctor, name, 6, Some(&tapped), &r)?;
     let first = walkdir::WalkDir::new(src.path())
         .into_iter()
         .filter_map(Result::ok)
@@ -494,7 +499,8 @@ fn a_deposit_over_quota_is_refused_with_a_reason_the_sender_sees() -> Result<()>
         &[],
     )?;
     let r = relay.tcp_addr()?;
-    let (_src, uid, _p) = pair_then_doctor_offline(&patient, &doctor, "OVER^QUOTA", 6, &r, &r)?;
+    let (_src, uid, _p) =
+        pair_then_doctor_offline(&patient, &doctor, "OVER^QUOTA", 6, Some(&r), &r)?;
     let shared = patient.json(&["share", &uid, "--to", "Dr Away", "--json"])?;
     assert_eq!(shared["state"], "pending", "{shared}");
     let note = shared["note"].as_str().unwrap_or_default();

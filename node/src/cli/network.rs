@@ -247,7 +247,14 @@ pub(super) fn contacts(
             (Some(false), _) => "offline",
             (None, _) => "",
         };
-        out!(w, "{:<24} {:<8} {:<16} {}", r.name, r.role, state, r.peer_id);
+        out!(
+            w,
+            "{:<24} {:<8} {:<16} {}",
+            r.name,
+            r.role,
+            state,
+            r.peer_id
+        );
         if r.awaiting.is_some() {
             out!(
                 w,

@@ -197,6 +197,11 @@ impl Handle {
             patient_id: None,
             awaiting: None,
         };
+        // The issuer's relay (its ticket's circuit addresses) serves us too from now on: our
+        // reservation there keeps us reachable to the issuer, and its mailbox takes our shares.
+        for r in t.addrs.iter().filter_map(super::swarm::relay_of_circuit) {
+            self.use_relay(r).await;
+        }
         self.record_pairing(contact, "scanned", None).await
     }
 
