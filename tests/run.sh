@@ -24,6 +24,24 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
 fi
+# Orthanc, a reference of `bench dimse`. Its package would start a service listening on every
+# address: policy-rc.d keeps it from starting now, and it is disabled for later boots; the bench
+# runs it in a network namespace of its own.
+if [ ! -x /usr/sbin/Orthanc ]; then
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee /usr/sbin/policy-rc.d >/dev/null
+    sudo_if_needed chmod +x /usr/sbin/policy-rc.d
+    made_policy=1
+  fi
+  installed=1
+  sudo_if_needed apt-get update -qq
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc || installed=
+  [ -z "$made_policy" ] || sudo_if_needed rm -f /usr/sbin/policy-rc.d
+  [ -n "$installed" ] || { echo "installing orthanc failed" >&2; exit 1; }
+  # Nor at the next boot.
+  sudo_if_needed systemctl disable orthanc.service >/dev/null 2>&1 || true
+fi
 python3 -c 'import dicomweb_client' 2>/dev/null || python3 -m pip install -q dicomweb-client
 ( cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } )
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -93,3 +93,47 @@ fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
     ensure!(v["meets_targets"].is_boolean(), "{v}");
     Ok(())
 }
+
+#[test]
+fn bench_dimse_measures_the_node_storescp_and_orthanc_at_a_tiny_size() -> Result<()> {
+    for tool in ["/usr/bin/storescu", "/usr/bin/storescp"] {
+        if discless_tests::require_tool(tool).is_none() {
+            return Ok(());
+        }
+    }
+    let out = std::process::Command::new(bin())
+        .args(["bench", "dimse", "--instances", "5", "--json"])
+        .env_remove("DISCLESS_HOME")
+        .env_remove("DISCLESS_LOG")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "bench dimse failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(v["bench"] == "dimse" && v["instances"] == 5, "{v}");
+    positive(&v["node"]["instances_per_s"], "node.instances_per_s")?;
+    positive(
+        &v["storescp"]["instances_per_s"],
+        "storescp.instances_per_s",
+    )?;
+    positive(&v["ratio_to_storescp"], "ratio_to_storescp")?;
+    ensure!(v["meets_targets"].is_boolean(), "{v}");
+    // Orthanc runs in a network namespace of its own, which needs root; the test command
+    // installs it, so CI must measure it.
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if v["orthanc"].is_null() {
+        ensure!(
+            !ci,
+            "CI=true, yet Orthanc was not measured: {}",
+            v["orthanc_note"]
+        );
+        eprintln!("SKIPPED: Orthanc reference: {}", v["orthanc_note"]);
+    } else {
+        positive(&v["orthanc"]["instances_per_s"], "orthanc.instances_per_s")?;
+        positive(&v["ratio_to_orthanc"], "ratio_to_orthanc")?;
+    }
+    Ok(())
+}
