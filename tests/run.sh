@@ -24,10 +24,10 @@ if [ ${#apt_missing[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}"
 fi
-# Orthanc, a reference of `bench dimse`. Its package would start a service listening on every
+# Orthanc (+ its DICOMweb plugin), the reference of `bench dimse` and `bench serve`. Its package would start a service listening on every
 # address: policy-rc.d keeps it from starting now, and it is disabled for later boots; the bench
 # runs it in a network namespace of its own.
-if [ ! -x /usr/sbin/Orthanc ]; then
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
   made_policy=
   if [ ! -e /usr/sbin/policy-rc.d ]; then
     printf '#!/bin/sh\nexit 101\n' | sudo_if_needed tee /usr/sbin/policy-rc.d >/dev/null
@@ -36,7 +36,7 @@ if [ ! -x /usr/sbin/Orthanc ]; then
   fi
   installed=1
   sudo_if_needed apt-get update -qq
-  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc || installed=
+  sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb || installed=
   [ -z "$made_policy" ] || sudo_if_needed rm -f /usr/sbin/policy-rc.d
   [ -n "$installed" ] || { echo "installing orthanc failed" >&2; exit 1; }
   # Nor at the next boot.

@@ -11,6 +11,7 @@
 //! it with a bare libp2p stream and a plain TCP copy of the same bytes.
 
 mod dimse;
+mod orthanc;
 mod transfer;
 
 pub use self::dimse::{dimse, DimseBench};
@@ -243,7 +244,7 @@ pub fn blobs(mib: u64) -> Result<BlobsBench, String> {
 }
 
 /// Latency summary in milliseconds.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub struct Latency {
     pub n: usize,
     pub median_ms: f64,
@@ -277,9 +278,159 @@ pub struct ServeBench {
     pub wado_study_mb_per_s: f64,
     pub qido_study_search: Latency,
     pub series_metadata: Latency,
-    /// Orthanc is not run by this benchmark yet (see the viewer issue's note).
-    pub reference: Option<serde_json::Value>,
+    /// The same figures for Orthanc + its DICOMweb plugin on the same study, when measured.
+    pub orthanc: Option<ServeFigures>,
+    /// Why there is no Orthanc figure, if there is none.
+    pub orthanc_note: Option<String>,
+    /// Orthanc's median over ours (above 1: we are faster).
+    pub speedup_rendered_png: Option<f64>,
+    pub speedup_rendered_jpeg: Option<f64>,
+    pub speedup_series_metadata: Option<f64>,
+    pub target_speedup: f64,
     pub target_first_image_ms: f64,
+}
+
+/// What one DICOMweb server scores on one study.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ServeFigures {
+    pub first_image_ms: f64,
+    pub rendered_png: Latency,
+    pub rendered_jpeg: Latency,
+    pub wado_study_mb_per_s: f64,
+    pub qido_study_search: Latency,
+    pub series_metadata: Latency,
+}
+
+/// The study a [`measure`] run asks for.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ServeTarget {
+    pub study: String,
+    pub series: String,
+    pub instances: Vec<String>,
+}
+
+/// Measures the DICOMweb server at `base` (…/dicomweb or …/dicom-web) on `t`: the first rendered
+/// frame (cold), rendered PNG and JPEG frames, whole-study WADO-RS, QIDO by UID, series metadata.
+pub fn measure(base: &str, t: &ServeTarget) -> Result<ServeFigures, String> {
+    let (st, se) = (&t.study, &t.series);
+    let frame_url =
+        |sop: &str| format!("{base}/studies/{st}/series/{se}/instances/{sop}/frames/1/rendered");
+    let mid = t
+        .instances
+        .get(t.instances.len() / 2)
+        .ok_or("no instances to measure")?;
+    let (first, _) = get(&frame_url(mid), "image/png")?;
+    let mut png = Vec::new();
+    let mut jpeg = Vec::new();
+    for i in t.instances.iter().take(100) {
+        png.push(
+            get(
+                &format!("{}?window=40,400,linear", frame_url(i)),
+                "image/png",
+            )?
+            .0,
+        );
+        jpeg.push(
+            get(
+                &format!("{}?window=40,400,linear", frame_url(i)),
+                "image/jpeg",
+            )?
+            .0,
+        );
+    }
+    let start = Instant::now();
+    let (_, n) = get(
+        &format!("{base}/studies/{st}"),
+        "multipart/related; type=\"application/dicom\"",
+    )?;
+    let wado = mb(n, start.elapsed().as_secs_f64());
+    let mut qido = Vec::new();
+    for _ in 0..50 {
+        qido.push(
+            get(
+                &format!("{base}/studies?StudyInstanceUID={st}"),
+                "application/dicom+json",
+            )?
+            .0,
+        );
+    }
+    let mut meta = Vec::new();
+    for _ in 0..10 {
+        meta.push(
+            get(
+                &format!("{base}/studies/{st}/series/{se}/metadata"),
+                "application/dicom+json",
+            )?
+            .0,
+        );
+    }
+    Ok(ServeFigures {
+        first_image_ms: first,
+        rendered_png: latency(png),
+        rendered_jpeg: latency(jpeg),
+        wado_study_mb_per_s: wado,
+        qido_study_search: latency(qido),
+        series_metadata: latency(meta),
+    })
+}
+
+/// Loads the study in `dir` into an Orthanc of its own and measures it from inside its namespace
+/// by running this program's hidden `bench serve --measure` there.
+fn serve_orthanc(
+    exe: &Path,
+    scratch: &Path,
+    dir: &Path,
+    target: &ServeTarget,
+) -> Result<ServeFigures, String> {
+    let o = orthanc::Orthanc::start(&scratch.join("orthanc"), true)?;
+    let stored = o
+        .netns()
+        .command("/usr/bin/storescu")
+        .env("TCP_NODELAY", "1")
+        .args([
+            "-aet",
+            "BENCHSCU",
+            "-aec",
+            orthanc::AET,
+            "+sd",
+            "+r",
+            "127.0.0.1",
+        ])
+        .arg(orthanc::DICOM_PORT.to_string())
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("storescu into Orthanc: {e}"))?;
+    if !stored.status.success() {
+        return Err(format!(
+            "storescu into Orthanc failed: {}",
+            String::from_utf8_lossy(&stored.stderr)
+        ));
+    }
+    let target_file = scratch.join("orthanc-target.json");
+    std::fs::write(
+        &target_file,
+        serde_json::to_vec(target).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let out = o
+        .netns()
+        .command(&exe.display().to_string())
+        .args(["bench", "serve", "--measure"])
+        .arg(format!("http://127.0.0.1:{}/dicom-web", orthanc::HTTP_PORT))
+        .arg("--target")
+        .arg(&target_file)
+        .env_remove("DISCLESS_LOG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("measuring Orthanc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "measuring Orthanc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("measuring Orthanc: {e}"))
 }
 
 fn get(url: &str, accept: &str) -> Result<(f64, u64), String> {
@@ -293,8 +444,9 @@ fn get(url: &str, accept: &str) -> Result<(f64, u64), String> {
     Ok((t.elapsed().as_secs_f64() * 1e3, n))
 }
 
-/// Runs the serving benchmark on a generated CT of `slices` 512x512 slices.
-pub fn serve(slices: u32) -> Result<ServeBench, String> {
+/// Runs the serving benchmark on a generated CT of `slices` 512x512 slices, against this node
+/// and, where it can run, Orthanc (`exe` is this program, run inside Orthanc's namespace).
+pub fn serve(exe: &Path, slices: u32) -> Result<ServeBench, String> {
     let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let dir = scratch.path().join("input");
     let study = discless_fixtures::StudySpec::default();
@@ -305,10 +457,19 @@ pub fn serve(slices: u32) -> Result<ServeBench, String> {
     let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", Role::Doctor)
         .map_err(|e| e.to_string())?;
     let store = Store::open(&home, keys).map_err(|e| e.to_string())?;
-    let report = import::import(&store, &[dir], 2, &|_| {}).map_err(|e| e.to_string())?;
+    let report = import::import(&store, std::slice::from_ref(&dir), 2, &|_| {})
+        .map_err(|e| e.to_string())?;
     let instances = store
         .instances(&study.study_instance_uid)
         .map_err(|e| e.to_string())?;
+    let target = ServeTarget {
+        study: study.study_instance_uid.clone(),
+        series: series.series_instance_uid.clone(),
+        instances: instances
+            .iter()
+            .map(|i: &InstanceRecord| i.sop_instance_uid.clone())
+            .collect(),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -321,67 +482,38 @@ pub fn serve(slices: u32) -> Result<ServeBench, String> {
     let handle = rt
         .block_on(crate::http::spawn(store.clone(), cfg, "bench".into()))
         .map_err(|e| e.to_string())?;
-    let base = format!("http://{}/dicomweb", handle.addr);
-    let st = &study.study_instance_uid;
-    let se = &series.series_instance_uid;
-    let frame_url = |i: &InstanceRecord| {
-        format!(
-            "{base}/studies/{st}/series/{se}/instances/{}/frames/1/rendered",
-            i.sop_instance_uid
-        )
-    };
-    let result = (|| -> Result<ServeBench, String> {
-        let mid = instances
-            .get(instances.len() / 2)
-            .ok_or("no instances imported")?;
-        let (first, _) = get(&frame_url(mid), "image/png")?;
-        let mut png = Vec::new();
-        let mut jpeg = Vec::new();
-        for i in instances.iter().take(100) {
-            png.push(get(&format!("{}?window=40,400", frame_url(i)), "image/png")?.0);
-            jpeg.push(get(&format!("{}?window=40,400", frame_url(i)), "image/jpeg")?.0);
-        }
-        let t = Instant::now();
-        let (_, n) = get(
-            &format!("{base}/studies/{st}"),
-            "multipart/related; type=\"application/dicom\"",
-        )?;
-        let wado = mb(n, t.elapsed().as_secs_f64());
-        let mut qido = Vec::new();
-        for _ in 0..50 {
-            qido.push(
-                get(
-                    &format!("{base}/studies?StudyInstanceUID={st}"),
-                    "application/dicom+json",
-                )?
-                .0,
-            );
-        }
-        let mut meta = Vec::new();
-        for _ in 0..10 {
-            meta.push(
-                get(
-                    &format!("{base}/studies/{st}/series/{se}/metadata"),
-                    "application/dicom+json",
-                )?
-                .0,
-            );
-        }
-        Ok(ServeBench {
-            bench: "serve",
-            input: format!("generated CT, {slices} slices of 512x512"),
-            instances: report.imported,
-            study_bytes: report.bytes,
-            first_image_ms: first,
-            rendered_png: latency(png),
-            rendered_jpeg: latency(jpeg),
-            wado_study_mb_per_s: wado,
-            qido_study_search: latency(qido),
-            series_metadata: latency(meta),
-            reference: None,
-            target_first_image_ms: 150.0,
-        })
-    })();
+    let ours = measure(&format!("http://{}/dicomweb", handle.addr), &target);
     let _ = rt.block_on(handle.shutdown());
-    result
+    let ours = ours?;
+    let mut orthanc_note = orthanc::missing(true);
+    let theirs = match orthanc_note {
+        Some(_) => None,
+        None => match serve_orthanc(exe, scratch.path(), &dir, &target) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                orthanc_note = Some(e);
+                None
+            }
+        },
+    };
+    let speedup = |f: fn(&ServeFigures) -> f64| theirs.as_ref().map(|t| f(t) / f(&ours).max(1e-9));
+    Ok(ServeBench {
+        bench: "serve",
+        input: format!("generated CT, {slices} slices of 512x512"),
+        instances: report.imported,
+        study_bytes: report.bytes,
+        first_image_ms: ours.first_image_ms,
+        speedup_rendered_png: speedup(|f| f.rendered_png.median_ms),
+        speedup_rendered_jpeg: speedup(|f| f.rendered_jpeg.median_ms),
+        speedup_series_metadata: speedup(|f| f.series_metadata.median_ms),
+        rendered_png: ours.rendered_png,
+        rendered_jpeg: ours.rendered_jpeg,
+        wado_study_mb_per_s: ours.wado_study_mb_per_s,
+        qido_study_search: ours.qido_study_search,
+        series_metadata: ours.series_metadata,
+        orthanc: theirs,
+        orthanc_note,
+        target_speedup: 2.0,
+        target_first_image_ms: 150.0,
+    })
 }

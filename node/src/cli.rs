@@ -296,13 +296,21 @@ pub enum ContactsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Serving a 512x512 CT: first image, rendered-frame latency, WADO-RS, QIDO, metadata.
+    /// Serving a 512x512 CT: first image, rendered-frame latency, WADO-RS, QIDO, metadata; the
+    /// same for Orthanc (+ DICOMweb plugin) when installed and run as root.
     Serve {
         /// Slices of the generated CT series.
         #[arg(long, default_value_t = 300)]
         instances: u32,
         #[arg(long)]
         json: bool,
+        /// Internal: only measure the DICOMweb server at this base URL (the benchmark runs this
+        /// inside Orthanc's network namespace).
+        #[arg(long, hide = true, requires = "target")]
+        measure: Option<String>,
+        /// Internal: the study to measure, as JSON (with --measure).
+        #[arg(long, hide = true)]
+        target: Option<std::path::PathBuf>,
     },
     /// Where blob bytes should live: 1 MiB values in sled vs plain files (throughput, disk, RSS).
     Blobs {
@@ -502,8 +510,24 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             })?;
             Ok(Outcome::Success)
         }
-        Command::Bench(BenchCommand::Serve { instances, json: _ }) => {
-            let r = crate::bench::serve(instances).map_err(CliError::Bench)?;
+        Command::Bench(BenchCommand::Serve {
+            measure: Some(base),
+            target: Some(target),
+            ..
+        }) => {
+            let t = std::fs::read(&target)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|e| CliError::Bench(format!("{}: {e}", target.display())))?;
+            let r = crate::bench::measure(&base, &t).map_err(CliError::Bench)?;
+            output::json(&mut stdout, &r)?;
+            Ok(Outcome::Success)
+        }
+        Command::Bench(BenchCommand::Serve { instances, .. }) => {
+            // Orthanc is measured by this very binary, run inside its network namespace.
+            let exe = std::env::current_exe()
+                .map_err(|e| CliError::Bench(format!("cannot find this program: {e}")))?;
+            let r = crate::bench::serve(&exe, instances).map_err(CliError::Bench)?;
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }

@@ -137,3 +137,45 @@ fn bench_dimse_measures_the_node_storescp_and_orthanc_at_a_tiny_size() -> Result
     }
     Ok(())
 }
+
+#[test]
+fn bench_serve_measures_the_node_and_orthanc_at_a_tiny_size() -> Result<()> {
+    let out = std::process::Command::new(bin())
+        .args(["bench", "serve", "--instances", "4", "--json"])
+        .env_remove("DISCLESS_HOME")
+        .env_remove("DISCLESS_LOG")
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "bench serve failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout)?;
+    ensure!(v["bench"] == "serve" && v["instances"] == 4, "{v}");
+    positive(&v["first_image_ms"], "first_image_ms")?;
+    positive(&v["rendered_png"]["median_ms"], "rendered_png")?;
+    positive(&v["series_metadata"]["median_ms"], "series_metadata")?;
+    // Orthanc + DICOMweb run in a network namespace of their own (root); the test command
+    // installs both, so CI must measure them.
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    if v["orthanc"].is_null() {
+        ensure!(
+            !ci,
+            "CI=true, yet Orthanc was not measured: {}",
+            v["orthanc_note"]
+        );
+        eprintln!("SKIPPED: Orthanc reference: {}", v["orthanc_note"]);
+    } else {
+        positive(&v["orthanc"]["rendered_jpeg"]["median_ms"], "orthanc jpeg")?;
+        positive(&v["orthanc"]["wado_study_mb_per_s"], "orthanc wado")?;
+        for s in [
+            "speedup_rendered_png",
+            "speedup_rendered_jpeg",
+            "speedup_series_metadata",
+        ] {
+            positive(&v[s], s)?;
+        }
+    }
+    Ok(())
+}

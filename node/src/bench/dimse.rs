@@ -6,10 +6,9 @@
 //! Nagle adds ~40 ms per message. dcmtk 3.6.7's storescp has no option to bind one address, so
 //! while it runs it listens on all of them; it is stopped by its PID right after.
 //!
-//! Debian's Orthanc (when `/usr/sbin/Orthanc` is installed and this runs as root) is measured
-//! the same way, but it listens on every address whatever its configuration: it runs in a network
-//! namespace of its own that has only a loopback, `storescu` is started in there too, and the
-//! namespace is deleted afterwards. Otherwise the result says why there is no Orthanc figure.
+//! Debian's Orthanc (when installed and this runs as root) is measured the same way, in a network
+//! namespace of its own ([`Orthanc`]) with `storescu` started in there too. Otherwise the result
+//! says why there is no Orthanc figure.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -18,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::orthanc::{self, Netns, Orthanc};
 use crate::dimse::{self, AllowList};
 use crate::home::Home;
 use crate::keystore::{self, Role};
@@ -25,9 +25,6 @@ use crate::store::Store;
 
 const STORESCU: &str = "/usr/bin/storescu";
 const STORESCP: &str = "/usr/bin/storescp";
-const ORTHANC: &str = "/usr/sbin/Orthanc";
-const ECHOSCU: &str = "/usr/bin/echoscu";
-const IP: &str = "/usr/sbin/ip";
 /// Targets from the DIMSE issue.
 const TARGET_RATIO_STORESCP: f64 = 0.5;
 const TARGET_RATIO_ORTHANC: f64 = 1.5;
@@ -59,15 +56,7 @@ pub struct DimseBench {
     pub meets_targets: bool,
 }
 
-/// A child process killed (by its PID) and reaped when dropped, whatever happened meanwhile.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use super::orthanc::Guard;
 
 fn free_port() -> Result<u16, String> {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -89,46 +78,6 @@ fn wait_listening(port: u16, child: &mut Child) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Err(format!("nothing listens on port {port} after 20 s"))
-}
-
-/// A network namespace with only a loopback, deleted when dropped.
-struct Netns(String);
-
-impl Netns {
-    fn new(name: String) -> Result<Self, String> {
-        let ip = |args: &[&str]| -> Result<(), String> {
-            let out = Command::new(IP)
-                .args(args)
-                .output()
-                .map_err(|e| format!("{IP}: {e}"))?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "ip {}: {}",
-                    args.join(" "),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ))
-            }
-        };
-        ip(&["netns", "add", &name])?;
-        let ns = Self(name);
-        ip(&["-n", &ns.0, "link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
-
-    /// `program` run inside the namespace.
-    fn command(&self, program: &str) -> Command {
-        let mut c = Command::new(IP);
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new(IP).args(["netns", "del", &self.0]).output();
-    }
 }
 
 /// Runs storescu on `dir` to `aec@127.0.0.1:port` in one association (inside `netns` if
@@ -217,89 +166,16 @@ fn into_storescp(dir: &Path, scratch: &Path, run: usize, expected: u64) -> Resul
     Ok(secs)
 }
 
-/// Why Orthanc cannot be measured here, if it cannot.
-fn orthanc_missing() -> Option<String> {
-    if !Path::new(ORTHANC).is_file() {
-        return Some(format!(
-            "{ORTHANC} is not installed (Debian package orthanc)"
-        ));
-    }
-    if !Path::new(IP).is_file() || !Path::new(ECHOSCU).is_file() {
-        return Some(format!(
-            "{IP} (iproute2) and {ECHOSCU} are needed to run Orthanc apart"
-        ));
-    }
-    if !rustix::process::geteuid().is_root() {
-        return Some(
-            "Orthanc listens on all addresses, so it runs only in a network namespace of its \
-             own, which needs root"
-                .into(),
-        );
-    }
-    None
-}
-
 fn into_orthanc(dir: &Path, scratch: &Path, run: usize, expected: u64) -> Result<f64, String> {
-    const PORT: u16 = 4242;
-    let root = scratch.join(format!("orthanc{run}"));
-    std::fs::create_dir_all(&root).map_err(|e| e.to_string())?;
-    let config = root.join("orthanc.json");
-    let storage = root.join("storage");
-    let conf = serde_json::json!({
-        "Name": "discless-bench",
-        "StorageDirectory": storage,
-        "IndexDirectory": root.join("index"),
-        "StorageCompression": false,
-        "HttpServerEnabled": false,
-        "RemoteAccessAllowed": false,
-        "DicomServerEnabled": true,
-        "DicomAet": "ORTHANC",
-        "DicomPort": PORT,
-        "DicomCheckCalledAet": false,
-        "DicomAlwaysAllowStore": true,
-        "DicomAlwaysAllowEcho": true,
-        "Plugins": [],
-    });
-    std::fs::write(&config, conf.to_string()).map_err(|e| e.to_string())?;
-    let ns = Netns::new(format!("dlbench{}o{run}", std::process::id()))?;
-    let log = std::fs::File::create(root.join("orthanc.log")).map_err(|e| e.to_string())?;
-    // Orthanc's DICOM side is dcmtk: without this, Nagle delays every C-STORE-RSP ~40 ms.
-    let child = ns
-        .command(ORTHANC)
-        .env("TCP_NODELAY", "1")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .map_err(|e| format!("starting {ORTHANC}: {e}"))?;
-    // `ip netns exec` execs Orthanc: this PID is Orthanc's.
-    let mut guard = Guard(child);
-    let start = Instant::now();
-    loop {
-        let echo = ns
-            .command(ECHOSCU)
-            .args(["-aec", "ORTHANC", "127.0.0.1", &PORT.to_string()])
-            .output()
-            .map_err(|e| format!("{ECHOSCU}: {e}"))?;
-        if echo.status.success() {
-            break;
-        }
-        if let Ok(Some(s)) = guard.0.try_wait() {
-            return Err(format!("Orthanc exited early: {s}"));
-        }
-        if start.elapsed() > Duration::from_secs(30) {
-            return Err("Orthanc did not answer C-ECHO within 30 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let secs = storescu(dir, "ORTHANC", PORT, Some(&ns))?;
-    drop(guard);
-    let stored = walkdir::WalkDir::new(&storage)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file())
-        .count() as u64;
+    let orthanc = Orthanc::start(&scratch.join(format!("orthanc{run}")), false)?;
+    let secs = storescu(
+        dir,
+        orthanc::AET,
+        orthanc::DICOM_PORT,
+        Some(orthanc.netns()),
+    )?;
+    let stored = orthanc.stored_files();
+    drop(orthanc);
     if stored < expected {
         return Err(format!("Orthanc stored {stored} of {expected} instances"));
     }
@@ -336,7 +212,7 @@ pub fn dimse(slices: u32) -> Result<DimseBench, String> {
             bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
         }
     }
-    let orthanc_note = orthanc_missing();
+    let orthanc_note = orthanc::missing(false);
     let (mut node, mut scp, mut orthanc) = (f64::MAX, f64::MAX, f64::MAX);
     for run in 0..RUNS {
         scp = scp.min(into_storescp(&input, scratch.path(), run, instances)?);
