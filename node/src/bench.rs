@@ -383,9 +383,8 @@ fn serve_orthanc(
     target: &ServeTarget,
 ) -> Result<ServeFigures, String> {
     let o = orthanc::Orthanc::start(&scratch.join("orthanc"), true)?;
-    let stored = o
-        .netns()
-        .command("/usr/bin/storescu")
+    let mut storescu = o.netns().command("/usr/bin/storescu");
+    storescu
         .env("TCP_NODELAY", "1")
         .args([
             "-aet",
@@ -398,39 +397,38 @@ fn serve_orthanc(
         ])
         .arg(orthanc::DICOM_PORT.to_string())
         .arg(dir)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("storescu into Orthanc: {e}"))?;
-    if !stored.status.success() {
-        return Err(format!(
-            "storescu into Orthanc failed: {}",
-            String::from_utf8_lossy(&stored.stderr)
-        ));
-    }
+        .stdin(std::process::Stdio::null());
+    run_ok(storescu, "storescu into Orthanc")?;
     let target_file = scratch.join("orthanc-target.json");
     std::fs::write(
         &target_file,
         serde_json::to_vec(target).map_err(|e| e.to_string())?,
     )
     .map_err(|e| e.to_string())?;
-    let out = o
-        .netns()
-        .command(&exe.display().to_string())
+    let mut measure = o.netns().command(&exe.display().to_string());
+    measure
         .args(["bench", "serve", "--measure"])
         .arg(format!("http://127.0.0.1:{}/dicom-web", orthanc::HTTP_PORT))
         .arg("--target")
         .arg(&target_file)
         .env_remove("DISCLESS_LOG")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| format!("measuring Orthanc: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "measuring Orthanc failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
+        .stdin(std::process::Stdio::null());
+    let out = run_ok(measure, "measuring Orthanc")?;
     serde_json::from_slice(&out.stdout).map_err(|e| format!("measuring Orthanc: {e}"))
+}
+
+/// Runs `cmd` to completion; its output when it exited 0, else `what` and its stderr.
+fn run_ok(mut cmd: std::process::Command, what: &str) -> Result<std::process::Output, String> {
+    let out = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(format!(
+            "{what} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
 }
 
 fn get(url: &str, accept: &str) -> Result<(f64, u64), String> {

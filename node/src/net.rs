@@ -191,6 +191,13 @@ pub async fn start(store: Store, config: Config) -> Result<Handle, NetError> {
     handle.accept(proto::PAIR, pairing::handle_inbound)?;
     handle.accept(proto::RPC, share::handle_inbound)?;
     handle.accept(proto::BLOBS, provide::handle_inbound)?;
+    // Wait for the listeners to report their addresses: a ticket made right away has them, and
+    // the relay is dialed from the listening port (port reuse), so that the address it observes
+    // for us, which DCUtR hole-punches to, is one we accept connections on.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while handle.snapshot().await?.listen.len() < config.listen.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Contacts' last known addresses, so that dialing them by PeerId works after a restart;
     // the relays behind their circuit addresses serve us too.
     for r in &config.relays {
@@ -206,11 +213,6 @@ pub async fn start(store: Store, config: Config) -> Result<Handle, NetError> {
     }
     handle.spawn(share::background(handle.clone()));
     fetch::resume_all(&handle)?;
-    // Wait for the listeners to report their addresses, so that a ticket made right away has them.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while handle.snapshot().await?.listen.len() < config.listen.len() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok(handle)
 }
 

@@ -15,29 +15,34 @@ fn positive(v: &Value, what: &str) -> Result<f64> {
     Ok(x)
 }
 
-#[test]
-fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
+/// Runs `discless bench …`, which must succeed, and returns its JSON.
+fn bench_json(args: &[&str]) -> Result<Value> {
     let out = std::process::Command::new(bin())
-        .args([
-            "bench",
-            "transfer",
-            "--instances",
-            "10",
-            "--size",
-            "64",
-            "--via-relay",
-            "--json",
-        ])
+        .args(args)
         .env_remove("DISCLESS_HOME")
         .env_remove("DISCLESS_LOG")
         .output()?;
     ensure!(
         out.status.success(),
-        "bench transfer failed ({}): {}",
+        "discless {args:?} failed ({}): {}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+#[test]
+fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
+    let v = bench_json(&[
+        "bench",
+        "transfer",
+        "--instances",
+        "10",
+        "--size",
+        "64",
+        "--via-relay",
+        "--json",
+    ])?;
     ensure!(v["bench"] == "transfer", "{v}");
     ensure!(v["instances"] == 10, "{v}");
     let bytes = positive(&v["bytes"], "bytes")?;
@@ -101,18 +106,7 @@ fn bench_dimse_measures_the_node_storescp_and_orthanc_at_a_tiny_size() -> Result
             return Ok(());
         }
     }
-    let out = std::process::Command::new(bin())
-        .args(["bench", "dimse", "--instances", "5", "--json"])
-        .env_remove("DISCLESS_HOME")
-        .env_remove("DISCLESS_LOG")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "bench dimse failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let v = bench_json(&["bench", "dimse", "--instances", "5", "--json"])?;
     ensure!(v["bench"] == "dimse" && v["instances"] == 5, "{v}");
     positive(&v["node"]["instances_per_s"], "node.instances_per_s")?;
     positive(
@@ -140,18 +134,7 @@ fn bench_dimse_measures_the_node_storescp_and_orthanc_at_a_tiny_size() -> Result
 
 #[test]
 fn bench_serve_measures_the_node_and_orthanc_at_a_tiny_size() -> Result<()> {
-    let out = std::process::Command::new(bin())
-        .args(["bench", "serve", "--instances", "4", "--json"])
-        .env_remove("DISCLESS_HOME")
-        .env_remove("DISCLESS_LOG")
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "bench serve failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout)?;
+    let v = bench_json(&["bench", "serve", "--instances", "4", "--json"])?;
     ensure!(v["bench"] == "serve" && v["instances"] == 4, "{v}");
     positive(&v["first_image_ms"], "first_image_ms")?;
     positive(&v["rendered_png"]["median_ms"], "rendered_png")?;

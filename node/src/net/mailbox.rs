@@ -161,32 +161,27 @@ impl Handle {
         };
         // Pairing requests first: a scanner whose issuer was offline left its request before
         // its offers, and those offers are only readable once it is a contact.
-        let mut offers = Vec::new();
-        for item in items {
-            let payload = match self
-                .mailbox_request(
-                    relay,
-                    &Request::Offer {
-                        item: item.item.clone(),
-                    },
-                )
-                .await?
-            {
-                Response::Offer { offer } => offer,
-                other => {
-                    tracing::warn!(item = %item.item, "mailbox item unreadable: {other:?}");
-                    continue;
-                }
+        let (pairs, offers): (Vec<_>, Vec<_>) = items
+            .into_iter()
+            .partition(|i| i.item.starts_with(super::pairing::PAIR_ITEM_PREFIX));
+        for item in pairs {
+            let Some(payload) = self.item_payload(relay, &item).await? else {
+                continue;
             };
             match serde_json::from_str::<QueuedPair>(&payload) {
                 Ok(q) => self.redeem_queued(relay, &item, q).await,
-                Err(_) => offers.push((item, payload)),
+                Err(e) => {
+                    tracing::warn!(item = %item.item, "queued pairing request malformed: {e}")
+                }
             }
         }
-        for (item, offer) in offers {
+        for item in offers {
             let sender = item.sender.clone();
             let Some(contact) = self.blocking(move |s| s.contact(&sender)).await?? else {
                 tracing::warn!(sender = %item.sender, "mailbox item from a peer that is not a contact left alone");
+                continue;
+            };
+            let Some(offer) = self.item_payload(relay, &item).await? else {
                 continue;
             };
             let offer: Offer = match serde_json::from_str(&offer) {
@@ -226,6 +221,25 @@ impl Handle {
             }
         }
         Ok(())
+    }
+
+    /// What an item carries (an offer, a pairing request), or None when the relay cannot give
+    /// it (logged).
+    async fn item_payload(
+        &self,
+        relay: PeerId,
+        item: &discless_relay::proto::ItemMeta,
+    ) -> Result<Option<String>, NetError> {
+        let req = Request::Offer {
+            item: item.item.clone(),
+        };
+        Ok(match self.mailbox_request(relay, &req).await? {
+            Response::Offer { offer } => Some(offer),
+            other => {
+                tracing::warn!(item = %item.item, "mailbox item unreadable: {other:?}");
+                None
+            }
+        })
     }
 
     /// Tells the relay an item arrived, so it deletes it.

@@ -18,6 +18,8 @@ use discless_relay::proto::ItemMeta;
 
 /// How long the scanner waits for the issuer's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a ticket waits for a relay reservation of a node that just started.
+const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
 /// A ticket this node issued, ready to show.
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +79,7 @@ impl Handle {
         rand::rngs::OsRng.fill_bytes(&mut token);
         let now = now_unix();
         let expires_unix = now + ttl.as_secs().max(1);
-        let addrs = self.dialable_addrs().await?;
+        let addrs = self.ticket_addrs().await?;
         let keys = self.store().keys();
         let wire = Wire {
             peer_id: self.peer_id(),
@@ -113,6 +115,30 @@ impl Handle {
             addrs: addrs.iter().map(ToString::to_string).collect(),
             token: hex::encode(token),
         })
+    }
+
+    /// Our dialable addresses for a ticket. With relays configured, waits a little for a
+    /// reservation (a node that just started has none yet), so that the ticket carries a circuit
+    /// address: the only way to reach this node through its firewall, or while it is offline.
+    async fn ticket_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let deadline = std::time::Instant::now() + RESERVATION_WAIT;
+        loop {
+            let addrs = self.dialable_addrs().await?;
+            let circuit = addrs.iter().any(|a| {
+                a.iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit))
+            });
+            if circuit || self.relays().is_empty() {
+                return Ok(addrs);
+            }
+            if std::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "no relay reservation yet: this ticket carries direct addresses only"
+                );
+                return Ok(addrs);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Scans a ticket: dials its issuer, proves the token, and records the issuer as a contact.
@@ -186,7 +212,18 @@ impl Handle {
             who: who.clone(),
             reason: e.to_string(),
         })?;
-        let contact = Contact {
+        let contact = self.issuer_contact(&t, their, None);
+        // The issuer's relay (its ticket's circuit addresses) serves us too from now on: our
+        // reservation there keeps us reachable to the issuer, and its mailbox takes our shares.
+        for r in t.addrs.iter().filter_map(super::swarm::relay_of_circuit) {
+            self.use_relay(r).await;
+        }
+        self.record_pairing(contact, "scanned", None).await
+    }
+
+    /// The scanner's record of a ticket's issuer, whose card checked out.
+    fn issuer_contact(&self, t: &Wire, their: DeviceCard, awaiting: Option<String>) -> Contact {
+        Contact {
             peer_id: t.peer_id.to_string(),
             name: their.name.clone(),
             role: their.role,
@@ -195,14 +232,8 @@ impl Handle {
             paired_unix: now_unix(),
             addrs: t.addrs.iter().map(ToString::to_string).collect(),
             patient_id: None,
-            awaiting: None,
-        };
-        // The issuer's relay (its ticket's circuit addresses) serves us too from now on: our
-        // reservation there keeps us reachable to the issuer, and its mailbox takes our shares.
-        for r in t.addrs.iter().filter_map(super::swarm::relay_of_circuit) {
-            self.use_relay(r).await;
+            awaiting,
         }
-        self.record_pairing(contact, "scanned", None).await
     }
 
     /// The issuer is offline: seal the pairing request to the agreement key its ticket carries
@@ -248,17 +279,7 @@ impl Handle {
                 .await
             {
                 Ok(_) => {
-                    let contact = Contact {
-                        peer_id: t.peer_id.to_string(),
-                        name: their.name.clone(),
-                        role: their.role,
-                        sas: card::sas(&t.token, &their, self.card()),
-                        card: their,
-                        paired_unix: now_unix(),
-                        addrs: t.addrs.iter().map(ToString::to_string).collect(),
-                        patient_id: None,
-                        awaiting: Some(relay.to_string()),
-                    };
+                    let contact = self.issuer_contact(t, their, Some(relay.to_string()));
                     tracing::info!(issuer = %t.peer_id, %relay, "issuer offline: pairing request queued at relay");
                     return self
                         .record_pairing(contact, "scanned, queued at relay", None)
@@ -440,6 +461,9 @@ pub(super) async fn handle_inbound(net: Handle, peer: PeerId, mut stream: libp2p
     let _ = stream.close().await;
 }
 
+/// How the names of queued pairing requests start (offers' names are bare hex).
+pub(super) const PAIR_ITEM_PREFIX: &str = "pair-";
+
 /// A pairing request that waited at a relay: when the scanner left it (the relay's clock), and
 /// where the scanner can be reached.
 struct Scanned {
@@ -459,7 +483,7 @@ fn pair_item_name(token: &[u8; 16], scanner: &PeerId) -> String {
     let mut h = blake3::Hasher::new_derive_key("discless 2026 mailbox pairing item v1");
     h.update(token);
     h.update(&scanner.to_bytes());
-    format!("pair-{}", &h.finalize().to_hex()[..32])
+    format!("{PAIR_ITEM_PREFIX}{}", &h.finalize().to_hex()[..32])
 }
 
 async fn issuer_side(
