@@ -31,6 +31,21 @@ fn bench_json(args: &[&str]) -> Result<Value> {
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Whether a bench result has Orthanc figures. Orthanc runs in a network namespace of its own,
+/// which needs root; the test command installs it, so under `CI=true` it must have run.
+fn orthanc_measured(v: &Value) -> Result<bool> {
+    if !v["orthanc"].is_null() {
+        return Ok(true);
+    }
+    ensure!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true, yet Orthanc was not measured: {}",
+        v["orthanc_note"]
+    );
+    eprintln!("SKIPPED: Orthanc reference: {}", v["orthanc_note"]);
+    Ok(false)
+}
+
 #[test]
 fn bench_transfer_runs_end_to_end_at_a_tiny_size() -> Result<()> {
     let v = bench_json(&[
@@ -115,17 +130,7 @@ fn bench_dimse_measures_the_node_storescp_and_orthanc_at_a_tiny_size() -> Result
     )?;
     positive(&v["ratio_to_storescp"], "ratio_to_storescp")?;
     ensure!(v["meets_targets"].is_boolean(), "{v}");
-    // Orthanc runs in a network namespace of its own, which needs root; the test command
-    // installs it, so CI must measure it.
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if v["orthanc"].is_null() {
-        ensure!(
-            !ci,
-            "CI=true, yet Orthanc was not measured: {}",
-            v["orthanc_note"]
-        );
-        eprintln!("SKIPPED: Orthanc reference: {}", v["orthanc_note"]);
-    } else {
+    if orthanc_measured(&v)? {
         positive(&v["orthanc"]["instances_per_s"], "orthanc.instances_per_s")?;
         positive(&v["ratio_to_orthanc"], "ratio_to_orthanc")?;
     }
@@ -139,17 +144,7 @@ fn bench_serve_measures_the_node_and_orthanc_at_a_tiny_size() -> Result<()> {
     positive(&v["first_image_ms"], "first_image_ms")?;
     positive(&v["rendered_png"]["median_ms"], "rendered_png")?;
     positive(&v["series_metadata"]["median_ms"], "series_metadata")?;
-    // Orthanc + DICOMweb run in a network namespace of their own (root); the test command
-    // installs both, so CI must measure them.
-    let ci = std::env::var("CI").as_deref() == Ok("true");
-    if v["orthanc"].is_null() {
-        ensure!(
-            !ci,
-            "CI=true, yet Orthanc was not measured: {}",
-            v["orthanc_note"]
-        );
-        eprintln!("SKIPPED: Orthanc reference: {}", v["orthanc_note"]);
-    } else {
+    if orthanc_measured(&v)? {
         positive(&v["orthanc"]["rendered_jpeg"]["median_ms"], "orthanc jpeg")?;
         positive(&v["orthanc"]["wado_study_mb_per_s"], "orthanc wado")?;
         for s in [

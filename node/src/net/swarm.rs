@@ -190,7 +190,6 @@ pub(crate) async fn run(
 ) {
     let mut waiting: HashMap<PeerId, Vec<oneshot::Sender<Result<(), String>>>> = HashMap::new();
     let mut listen: Vec<Multiaddr> = Vec::new();
-    let mut connected: HashSet<PeerId> = HashSet::new();
     // Relay address -> its circuit listener while one is open.
     let mut relays: HashMap<Multiaddr, Option<libp2p::core::transport::ListenerId>> =
         HashMap::new();
@@ -260,7 +259,7 @@ pub(crate) async fn run(
                         let _ = reply.send(Snapshot {
                             listen: listen.clone(),
                             external: swarm.external_addresses().cloned().collect(),
-                            connected: connected.iter().copied().collect(),
+                            connected: conns.keys().copied().collect(),
                             relays: reserved.iter().copied().collect(),
                             direct: conns
                                 .iter()
@@ -314,7 +313,6 @@ pub(crate) async fn run(
                 SwarmEvent::ConnectionEstablished { peer_id, endpoint, connection_id, .. } => {
                     tracing::debug!(peer = %peer_id, relayed = endpoint.is_relayed(), "connected");
                     conns.entry(peer_id).or_default().insert(connection_id, endpoint.is_relayed());
-                    connected.insert(peer_id);
                     for r in waiting.remove(&peer_id).unwrap_or_default() {
                         let _ = r.send(Ok(()));
                     }
@@ -326,7 +324,6 @@ pub(crate) async fn run(
                     }
                     if num_established == 0 {
                         conns.remove(&peer_id);
-                        connected.remove(&peer_id);
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
