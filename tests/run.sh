@@ -48,8 +48,15 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# Disk is finite on CI machines: no incremental caches there (a clean clone builds once anyway),
+# and the free space is logged, so a full disk is seen for what it is.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
+disk() { echo "disk ($1): $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 || df -h --output=avail . | tail -1) free"; }
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo build --workspace --bins
+disk "before the tests"
+trap 'disk "at the end"' EXIT
 cargo nextest run --workspace --no-fail-fast
 cargo test --workspace --doc
