@@ -101,6 +101,20 @@ async function touchDrag(page, from, to, steps = 12) {
   await cdp.detach();
 }
 
+/** Taps `selector`; a failure names the control and the viewer's state at that moment. */
+async function tapNamed(page, selector, what) {
+  try {
+    await page.locator(selector).tap({ timeout: 15000 });
+  } catch (e) {
+    const st = await state(page).catch(() => null);
+    const box = await page
+      .locator(selector)
+      .evaluate((el) => ({ hidden: el.closest('[hidden]') !== null, display: getComputedStyle(el).display, rect: el.getBoundingClientRect().toJSON(), disabled: el.disabled }))
+      .catch((err) => String(err));
+    throw new Error(`tapping ${what} (${selector}) failed: ${e.message}; element: ${JSON.stringify(box)}; viewer: ${JSON.stringify(st)}`);
+  }
+}
+
 async function mouseDrag(page, from, to, { button = 'left', steps = 12 } = {}) {
   await page.mouse.move(from.x, from.y);
   await page.mouse.down({ button });
@@ -279,8 +293,8 @@ async function runDevice(device) {
     // 4. Window/level.
     const before = s.window;
     if (touch) {
-      await page.locator('button[aria-keyshortcuts="w"]').tap();
-      await page.locator('.chip[data-preset="lung"]').tap();
+      await tapNamed(page, 'button[aria-keyshortcuts="w"]', 'the W/L tool');
+      await tapNamed(page, '.chip[data-preset="lung"]', 'the Lung preset');
       await ready(page);
       const preset = (await state(page)).window;
       check(`${device}: Lung preset sets −600/1500`, preset && preset.center === -600 && preset.width === 1500, {

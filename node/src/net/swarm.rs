@@ -88,6 +88,17 @@ const RELAY_RETRY: Duration = Duration::from_secs(3);
 /// after it resumes on the direct connection.
 const RELAYED_GRACE: Duration = Duration::from_secs(10);
 
+/// DCUtR tries three times, all on the relayed connection it started on, with the addresses it
+/// knew when that connection opened. When those fail (the two sides' dials race each other, a
+/// dial lands on the other side's listener so that both ends take the listener role, a firewall
+/// drops the first packets), the side that saw the failure opens a fresh relayed connection to
+/// the peer, which starts a new round with the roles swapped. At most this many rounds a peer.
+const PUNCH_ROUNDS: u8 = 3;
+
+/// Wait before a new round (times the round number, plus up to a second of jitter), so the
+/// sockets of the failed round are gone and the two sides do not start rounds in lockstep.
+const PUNCH_BACKOFF: Duration = Duration::from_secs(2);
+
 #[derive(Debug)]
 pub(crate) enum Command {
     /// Dial `peer` at `addrs` (and whatever else is known) unless already connected.
@@ -197,6 +208,10 @@ pub(crate) async fn run(
     // Every open connection, and whether it goes through a relay.
     let mut conns: HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, bool>> = HashMap::new();
     let mut close_relayed = futures::stream::FuturesUnordered::new();
+    // Hole punching: each peer's circuit addresses, the rounds begun, and rounds waiting to start.
+    let mut circuits: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+    let mut punch_rounds: HashMap<PeerId, u8> = HashMap::new();
+    let mut punch_again = futures::stream::FuturesUnordered::new();
     let mut retry = tokio::time::interval(RELAY_RETRY);
     loop {
         tokio::select! {
@@ -210,6 +225,21 @@ pub(crate) async fn run(
                 if has_direct {
                     for id in relayed {
                         swarm.close_connection(id);
+                    }
+                }
+            }
+            Some(peer) = punch_again.next(), if !punch_again.is_empty() => {
+                let relayed_only = conns
+                    .get(&peer)
+                    .is_some_and(|m| !m.is_empty() && m.values().all(|relayed| *relayed));
+                let addrs = circuits.get(&peer).cloned().unwrap_or_default();
+                if relayed_only && !addrs.is_empty() {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::Always)
+                        .build();
+                    if let Err(e) = swarm.dial(opts) {
+                        tracing::info!(%peer, "cannot open a relayed connection for a new hole punch: {e}");
                     }
                 }
             }
@@ -228,6 +258,7 @@ pub(crate) async fn run(
                 let Some(cmd) = cmd else { break };
                 match cmd {
                     Command::Connect { peer, addrs, reply } => {
+                        remember_circuits(&mut circuits, peer, &addrs);
                         if swarm.is_connected(&peer) {
                             let _ = reply.send(Ok(()));
                             continue;
@@ -269,12 +300,34 @@ pub(crate) async fn run(
                         });
                     }
                     Command::UseRelay(addr) => {
-                        if let Some(peer) = relay_peer(&addr) {
+                        let peer = relay_peer(&addr);
+                        // New to us: neither this address nor another of the same relay on the
+                        // same transport (that one's connection serves).
+                        let new = !relays.keys().any(|known| {
+                            *known == addr
+                                || (relay_peer(known) == peer && quic(known) == quic(&addr))
+                        });
+                        if let Some(peer) = peer {
                             let base: Multiaddr = addr
                                 .iter()
                                 .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
                                 .collect();
-                            swarm.add_peer_address(peer, base);
+                            swarm.add_peer_address(peer, base.clone());
+                            if new {
+                                // A connection on every transport the relay offers, not just the
+                                // one the reservation uses: identify then learns our address as
+                                // seen on each, and DCUtR punches only with such observed
+                                // addresses. Over QUIC it succeeds where TCP's simultaneous
+                                // open loses the race (a SYN that meets a listener instead of
+                                // the other side's dial leaves two listener ends).
+                                let opts = DialOpts::peer_id(peer)
+                                    .addresses(vec![base])
+                                    .condition(PeerCondition::Always)
+                                    .build();
+                                if let Err(e) = swarm.dial(opts) {
+                                    tracing::debug!(relay = %addr, "cannot dial the relay: {e}");
+                                }
+                            }
                         }
                         relays.entry(addr).or_insert(None);
                         retry.reset_immediately();
@@ -324,18 +377,37 @@ pub(crate) async fn run(
                     }
                     if num_established == 0 {
                         conns.remove(&peer_id);
+                        punch_rounds.remove(&peer_id);
                     }
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result })) => {
                     match result {
                         Ok(_) => {
+                            punch_rounds.remove(&remote_peer_id);
                             tracing::info!(peer = %remote_peer_id, "hole punched: direct connection; the relayed one closes in {RELAYED_GRACE:?}");
                             close_relayed.push(async move {
                                 tokio::time::sleep(RELAYED_GRACE).await;
                                 remote_peer_id
                             });
                         }
-                        Err(e) => tracing::info!(peer = %remote_peer_id, "no hole punch, staying on the relay: {e}"),
+                        Err(e) => {
+                            let direct = conns.get(&remote_peer_id).is_some_and(|m| m.values().any(|r| !r));
+                            let round = punch_rounds.entry(remote_peer_id).or_default();
+                            if direct {
+                                // The other side's dial got through: nothing to retry.
+                            } else if *round < PUNCH_ROUNDS {
+                                *round += 1;
+                                let wait = PUNCH_BACKOFF * u32::from(*round)
+                                    + Duration::from_millis(rand::random::<u64>() % 1000);
+                                tracing::info!(peer = %remote_peer_id, "hole punch failed ({e}); a new round in {wait:?}");
+                                punch_again.push(async move {
+                                    tokio::time::sleep(wait).await;
+                                    remote_peer_id
+                                });
+                            } else {
+                                tracing::info!(peer = %remote_peer_id, "no hole punch, staying on the relay: {e}");
+                            }
+                        }
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. }
@@ -347,6 +419,7 @@ pub(crate) async fn run(
                 }
                 SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
                     let addrs = info.listen_addrs;
+                    remember_circuits(&mut circuits, peer_id, &addrs);
                     for a in &addrs {
                         swarm.add_peer_address(peer_id, a.clone());
                     }
@@ -366,4 +439,24 @@ pub(crate) async fn run(
             let _ = r.send(Err("the node is shutting down".into()));
         }
     }
+}
+
+/// Adds `addrs`' circuit addresses (through a relay) to what is known of `peer`.
+fn remember_circuits(
+    circuits: &mut HashMap<PeerId, Vec<Multiaddr>>,
+    peer: PeerId,
+    addrs: &[Multiaddr],
+) {
+    for a in addrs.iter().filter(|a| relay_of_circuit(a).is_some()) {
+        let known = circuits.entry(peer).or_default();
+        if !known.contains(a) && known.len() < 8 {
+            known.push(a.clone());
+        }
+    }
+}
+
+/// Whether `addr` is a QUIC address (else TCP, the node's other transport).
+fn quic(addr: &Multiaddr) -> bool {
+    addr.iter()
+        .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
 }
