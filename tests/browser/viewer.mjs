@@ -85,17 +85,26 @@ const hook = (page, fn, arg) => page.evaluate(fn, arg);
 const state = (page) => hook(page, () => window.__discless.state());
 const ready = (page) => hook(page, () => window.__discless.ready());
 
-/** Real touch events through the DevTools protocol (what a finger on the screen produces). */
+/**
+ * Real touch events through the DevTools protocol (what a finger on the screen produces): moves
+ * at 60 Hz, and the finger rests at the end before lifting. Lifted while still moving, Chromium
+ * starts a fling, and the next tap only stops the fling: no click (tap suppression).
+ */
 async function touchDrag(page, from, to, steps = 12) {
   const cdp = await page.context().newCDPSession(page);
   const point = (p) => [{ x: p.x, y: p.y, id: 1, radiusX: 2, radiusY: 2, force: 1 }];
   await cdp.send('Input.dispatchTouchEvent', { type: 'touchStart', touchPoints: point(from) });
   for (let i = 1; i <= steps; i += 1) {
     const t = i / steps;
+    await sleep(16);
     await cdp.send('Input.dispatchTouchEvent', {
       type: 'touchMove',
       touchPoints: point({ x: from.x + (to.x - from.x) * t, y: from.y + (to.y - from.y) * t }),
     });
+  }
+  for (let i = 0; i < 3; i += 1) {
+    await sleep(50);
+    await cdp.send('Input.dispatchTouchEvent', { type: 'touchMove', touchPoints: point(to) });
   }
   await cdp.send('Input.dispatchTouchEvent', { type: 'touchEnd', touchPoints: [] });
   await cdp.detach();
@@ -111,7 +120,7 @@ async function tapNamed(page, selector, what) {
       .locator(selector)
       .evaluate((el) => ({ hidden: el.closest('[hidden]') !== null, display: getComputedStyle(el).display, rect: el.getBoundingClientRect().toJSON(), disabled: el.disabled }))
       .catch((err) => String(err));
-    throw new Error(`tapping ${what} (${selector}) failed: ${e.message}; element: ${JSON.stringify(box)}; viewer: ${JSON.stringify(st)}`);
+    throw new Error(`tapping ${what} (${selector}) failed; element: ${JSON.stringify(box)}; viewer: ${JSON.stringify(st)}; ${e.message}`);
   }
 }
 
