@@ -432,7 +432,11 @@ pub enum Staged {
 /// error; bad input is [`Staged::Rejected`].
 pub fn stage(store: &Store, src: &Source) -> Result<Staged, ImportError> {
     let mut zips = HashMap::new();
-    match process(store, src, &mut zips) {
+    staged(src, process(store, src, &mut zips))
+}
+
+fn staged(src: &Source, outcome: Outcome) -> Result<Staged, ImportError> {
+    match outcome {
         Outcome::Sealed {
             pending,
             shard,
@@ -456,6 +460,31 @@ pub fn stage(store: &Store, src: &Source) -> Result<Staged, ImportError> {
     }
 }
 
+/// What [`check`] found: an instance to seal, or an answer already (duplicate, rejected, or
+/// sealed by an interrupted earlier run).
+#[derive(Debug)]
+pub enum Checked {
+    Ready(Box<Prepared>),
+    Staged(Staged),
+}
+
+/// The first half of [`stage`]: parses and dedupes one source, and fetches its study key. A
+/// receiver can answer its sender from this (the instance is readable and new) and seal with
+/// [`seal`] while the next one arrives.
+pub fn check(store: &Store, src: &Source) -> Result<Checked, ImportError> {
+    let mut zips = HashMap::new();
+    match prepare(store, src, &mut zips) {
+        Step::Ready(p) => Ok(Checked::Ready(p)),
+        Step::Done(outcome) => staged(src, outcome).map(Checked::Staged),
+    }
+}
+
+/// The second half of [`stage`]: seals what [`check`] prepared. Only the store's disk can
+/// fail it now (or the source changing underneath).
+pub fn seal(store: &Store, src: &Source, prepared: Prepared) -> Result<Staged, ImportError> {
+    staged(src, seal_prepared(store, prepared))
+}
+
 /// The bytes of a source, either in memory or as a file to stream.
 enum Body {
     Memory(Vec<u8>),
@@ -468,6 +497,70 @@ fn process(
     src: &Source,
     zips: &mut HashMap<PathBuf, zip::ZipArchive<File>>,
 ) -> Outcome {
+    match prepare(store, src, zips) {
+        Step::Ready(p) => seal_prepared(store, *p),
+        Step::Done(outcome) => outcome,
+    }
+}
+
+/// A source parsed and found new, with its study's key: all that is left is sealing it.
+pub struct Prepared {
+    body: Body,
+    size: u64,
+    instance: crate::store::records::InstanceRecord,
+    study: crate::store::records::StudyAttributes,
+    metadata: String,
+    key: crate::crypto::SecretKey,
+    display: String,
+    /// BLAKE3 of the plaintext, when it was computed to compare with a stored instance.
+    plaintext_hash: Option<String>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("display", &self.display)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Prepared {
+    pub fn sop_instance_uid(&self) -> &str {
+        &self.instance.sop_instance_uid
+    }
+
+    /// BLAKE3 of the instance's bytes as received.
+    pub fn plaintext_hash(&mut self) -> io::Result<String> {
+        if self.plaintext_hash.is_none() {
+            self.plaintext_hash = Some(hash_body(&self.body)?);
+        }
+        Ok(self.plaintext_hash.clone().unwrap_or_default())
+    }
+}
+
+enum Step {
+    Ready(Box<Prepared>),
+    Done(Outcome),
+}
+
+fn hash_body(body: &Body) -> io::Result<String> {
+    Ok(match body {
+        Body::Memory(b) => blake3::hash(b).to_hex().to_string(),
+        Body::File(p, _) => {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(File::open(p)?)?;
+            h.finalize().to_hex().to_string()
+        }
+    })
+}
+
+/// Loads, parses and dedupes a source, and fetches (or creates) its study's key.
+fn prepare(
+    store: &Store,
+    src: &Source,
+    zips: &mut HashMap<PathBuf, zip::ZipArchive<File>>,
+) -> Step {
     let display = src.display();
     let reject = |reason: String| {
         Outcome::Rejected(Rejected {
@@ -477,7 +570,7 @@ fn process(
     };
     let body = match load(store, src, zips) {
         Ok(b) => b,
-        Err(reason) => return reject(reason),
+        Err(reason) => return Step::Done(reject(reason)),
     };
     let (parsed, size) = match &body {
         Body::Memory(bytes) => (parse::parse_bytes(bytes), bytes.len() as u64),
@@ -487,28 +580,19 @@ fn process(
         }
     };
     let Parsed {
-        mut instance,
+        instance,
         study,
         metadata,
     } = match parsed {
         Ok(p) => p,
-        Err(ParseError::Dicomdir) => return Outcome::Skipped,
-        Err(e) => return reject(e.to_string()),
+        Err(ParseError::Dicomdir) => return Step::Done(Outcome::Skipped),
+        Err(e) => return Step::Done(reject(e.to_string())),
     };
-    let plain_hash = || -> io::Result<String> {
-        Ok(match &body {
-            Body::Memory(b) => blake3::hash(b).to_hex().to_string(),
-            Body::File(p, _) => {
-                let mut h = blake3::Hasher::new();
-                h.update_reader(File::open(p)?)?;
-                h.finalize().to_hex().to_string()
-            }
-        })
-    };
+    let plain_hash = || hash_body(&body);
     // Already stored? Then this is a duplicate, or a conflicting instance we refuse to replace.
     match store.instance(&instance.sop_instance_uid) {
         Ok(Some(existing)) => {
-            return match plain_hash() {
+            return Step::Done(match plain_hash() {
                 Ok(h) if h == existing.plaintext_hash => {
                     Outcome::Duplicate(Accepted::of(display.clone(), &existing))
                 }
@@ -517,32 +601,62 @@ fn process(
                     instance.sop_instance_uid
                 )),
                 Err(e) => reject(format!("cannot read: {e}")),
-            };
+            });
         }
         Ok(None) => {}
-        Err(e) => return Outcome::Fatal(e.into()),
+        Err(e) => return Step::Done(Outcome::Fatal(e.into())),
     }
     // Sealed by an interrupted earlier import? Reuse it.
     match store.pending(&instance.sop_instance_uid) {
         Ok(Some(p)) if p.instance.size == size && store.blobs().exists(&p.instance.blob_id) => {
             if let Ok(h) = plain_hash() {
                 if h == p.instance.plaintext_hash {
-                    return Outcome::Sealed {
+                    return Step::Done(Outcome::Sealed {
                         pending: Box::new(p),
                         shard: None,
                         resumed: true,
                         display,
-                    };
+                    });
                 }
             }
         }
         Ok(_) => {}
-        Err(e) => return Outcome::Fatal(e.into()),
+        Err(e) => return Step::Done(Outcome::Fatal(e.into())),
     }
     let key = match store.study_key(&instance.study_instance_uid, true) {
         Ok(Some(k)) => k,
-        Ok(None) => return Outcome::Fatal(ImportError::Worker),
-        Err(e) => return Outcome::Fatal(e.into()),
+        Ok(None) => return Step::Done(Outcome::Fatal(ImportError::Worker)),
+        Err(e) => return Step::Done(Outcome::Fatal(e.into())),
+    };
+    Step::Ready(Box::new(Prepared {
+        body,
+        size,
+        instance,
+        study,
+        metadata,
+        key,
+        display,
+        plaintext_hash: None,
+    }))
+}
+
+/// Seals a prepared source into its blob file.
+fn seal_prepared(store: &Store, p: Prepared) -> Outcome {
+    let Prepared {
+        body,
+        size,
+        mut instance,
+        study,
+        metadata,
+        key,
+        display,
+        ..
+    } = p;
+    let reject = |reason: String| {
+        Outcome::Rejected(Rejected {
+            path: display.clone(),
+            reason,
+        })
     };
     let ctx = blob::Context {
         study_uid: &instance.study_instance_uid,

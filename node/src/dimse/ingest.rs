@@ -1,5 +1,6 @@
-//! From received bytes to stored instances: the spool file of one C-STORE, staging it through the
-//! import path, and the committer that makes an association's staged instances visible.
+//! From received bytes to stored instances: the spool file of one C-STORE, checking it through
+//! the import path (which decides the answer), then the association's sealer and committer,
+//! which seal it and make it visible behind the answer.
 //!
 //! The spool is the Part-10 file the import expects: a zero preamble, `DICM`, a meta group built
 //! from the C-STORE command and the presentation context, then the data set PDV bytes as they
@@ -17,12 +18,19 @@ use tokio::sync::mpsc;
 
 use super::command::status;
 use super::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, MAX_INSTANCE_BYTES};
-use crate::dicom::import::{self, Source, Staged};
+use crate::dicom::import::{self, Checked, Prepared, Source, Staged};
 use crate::store::{Store, StoreError};
 
 /// Staged instances waiting for the committer; when full, storing the next instance waits for
 /// the committer to catch up (which bounds how much is acknowledged but uncommitted).
 const COMMIT_QUEUE: usize = 256;
+
+/// Instances answered but not yet sealed; when full, the next answer waits for the sealer.
+const SEAL_QUEUE: usize = 8;
+
+/// How long a commit waits for more staged instances to join it, and how many it takes at most.
+const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
+const COMMIT_BATCH: usize = 128;
 
 /// Writing a spool file failed.
 #[derive(Debug, thiserror::Error)]
@@ -143,18 +151,28 @@ pub(super) struct Receiver {
     /// SOP Instance UID → plaintext hash of what this association staged: the same instance
     /// sent twice is a duplicate, a different one under the same UID is refused.
     seen: Arc<Mutex<HashMap<String, String>>>,
-    /// Set when a commit failed: later instances are answered "out of resources".
+    /// Set when sealing or a commit failed: later instances are answered "out of resources".
     broken: Arc<OnceLock<String>>,
-    tx: mpsc::Sender<ToCommit>,
+    /// To the sealer, which hands what it sealed on to the committer.
+    tx: mpsc::Sender<Work>,
     committer: tokio::task::JoinHandle<Totals>,
     totals: Totals,
 }
 
+/// The sealer's input: an instance answered already, or one sealed by an earlier run.
+#[derive(Debug)]
+enum Work {
+    Seal(Box<Prepared>, tempfile::TempPath),
+    Commit(ToCommit),
+}
+
 impl Receiver {
     pub(super) fn new(store: Store, calling_ae: String, peer: IpAddr) -> Self {
-        let (tx, rx) = mpsc::channel(COMMIT_QUEUE);
+        let (tx, rx) = mpsc::channel(SEAL_QUEUE);
+        let (commit_tx, commit_rx) = mpsc::channel(COMMIT_QUEUE);
         let broken = Arc::new(OnceLock::new());
-        let committer = tokio::spawn(commit_loop(store.clone(), rx, broken.clone()));
+        tokio::spawn(seal_loop(store.clone(), rx, commit_tx, broken.clone()));
+        let committer = tokio::spawn(commit_loop(store.clone(), commit_rx, broken.clone()));
         Self {
             store,
             calling_ae,
@@ -175,12 +193,12 @@ impl Receiver {
         }
         let store = self.store.clone();
         let seen = self.seen.clone();
-        let staged = tokio::task::spawn_blocking(move || stage_one(&store, spool, &seen)).await;
+        let staged = tokio::task::spawn_blocking(move || check_one(&store, spool, &seen)).await;
         let reply = match staged {
-            Ok(Ok(Stage::Stored { sop, shard, bytes })) => {
+            Ok(Ok(Stage::Stored { work, bytes })) => {
                 self.totals.bytes += bytes;
-                if self.tx.send(ToCommit { sop, shard }).await.is_err() {
-                    return Reply::failure(status::OUT_OF_RESOURCES, "store committer stopped");
+                if self.tx.send(work).await.is_err() {
+                    return Reply::failure(status::OUT_OF_RESOURCES, "store sealer stopped");
                 }
                 Reply::success()
             }
@@ -249,63 +267,146 @@ impl Receiver {
     }
 }
 
-/// What staging one file came to.
+/// What checking one file came to.
 #[derive(Debug)]
 enum Stage {
+    /// New and readable: answered with success, sealed and committed behind the answer.
     Stored {
-        sop: String,
-        shard: Option<PathBuf>,
+        work: Work,
         bytes: u64,
     },
     Duplicate,
     Refused(String),
 }
 
-/// Blocking: parse, dedupe and seal one spooled file, and record it as pending.
-fn stage_one(
+/// Blocking: parse and dedupe one spooled file. What decides the C-STORE status happens here,
+/// so that the answer can go out while the instance is sealed (~1 ms of a 512 KiB slice's
+/// ~3 ms here) and the next one arrives. Sealing after the answer can fail only as a commit
+/// after it can, on the store's disk: the association then answers "out of resources".
+fn check_one(
     store: &Store,
     spool: tempfile::TempPath,
     seen: &Mutex<HashMap<String, String>>,
 ) -> Result<Stage, import::ImportError> {
     let start = std::time::Instant::now();
-    let staged = import::stage(store, &Source::File(spool.to_path_buf()))?;
-    drop(spool);
-    tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "staged");
-    match staged {
-        Staged::Rejected(r) => Ok(Stage::Refused(r.reason)),
-        Staged::Duplicate(_) => Ok(Stage::Duplicate),
-        Staged::Sealed { pending, shard, .. } => {
+    let checked = import::check(store, &Source::File(spool.to_path_buf()))?;
+    tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "checked");
+    let (sop, hash, work, bytes) = match checked {
+        Checked::Staged(Staged::Rejected(r)) => return Ok(Stage::Refused(r.reason)),
+        Checked::Staged(Staged::Duplicate(_)) => return Ok(Stage::Duplicate),
+        Checked::Staged(Staged::Sealed { pending, shard, .. }) => {
+            // Sealed by an interrupted earlier run: recorded again as pending, nothing to seal.
             let sop = pending.instance.sop_instance_uid.clone();
-            let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(hash) = seen.get(&sop) {
-                // Sent twice in this association: a fresh blob (different content, or sealed
-                // again) must not replace the pending record already acknowledged.
-                if shard.is_some() {
-                    let _ = store.blobs().remove(&pending.instance.blob_id);
-                }
-                return Ok(if *hash == pending.instance.plaintext_hash {
-                    Stage::Duplicate
-                } else {
-                    Stage::Refused(format!(
-                        "SOPInstanceUID {sop} was already sent with different content"
-                    ))
-                });
-            }
-            store
-                .put_pending(&pending)
-                .map_err(import::ImportError::from)?;
-            seen.insert(sop.clone(), pending.instance.plaintext_hash.clone());
-            Ok(Stage::Stored {
-                sop,
+            let hash = pending.instance.plaintext_hash.clone();
+            let bytes = pending.instance.size;
+            let work = Work::Commit(ToCommit {
+                sop: sop.clone(),
                 shard,
-                bytes: pending.instance.size,
-            })
+            });
+            if !seen_before(seen, &sop) {
+                store
+                    .put_pending(&pending)
+                    .map_err(import::ImportError::from)?;
+            }
+            (sop, hash, work, bytes)
+        }
+        Checked::Ready(mut prepared) => {
+            let sop = prepared.sop_instance_uid().to_owned();
+            let hash = prepared
+                .plaintext_hash()
+                .map_err(|e| import::ImportError::from(StoreError::Io(e)))?;
+            let bytes = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
+            (sop, hash, Work::Seal(prepared, spool), bytes)
+        }
+    };
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(earlier) = seen.get(&sop) {
+        // Sent twice in this association: the first one answered stands.
+        return Ok(if *earlier == hash {
+            Stage::Duplicate
+        } else {
+            Stage::Refused(format!(
+                "SOPInstanceUID {sop} was already sent with different content"
+            ))
+        });
+    }
+    seen.insert(sop, hash);
+    Ok(Stage::Stored { work, bytes })
+}
+
+fn seen_before(seen: &Mutex<HashMap<String, String>>, sop: &str) -> bool {
+    seen.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains_key(sop)
+}
+
+/// Seals answered instances in the order they came, records them as pending, and passes them
+/// to the committer. On a failure it marks the association broken and drops the rest.
+async fn seal_loop(
+    store: Store,
+    mut rx: mpsc::Receiver<Work>,
+    commit: mpsc::Sender<ToCommit>,
+    broken: Arc<OnceLock<String>>,
+) {
+    while let Some(work) = rx.recv().await {
+        let to_commit = match work {
+            Work::Commit(c) => Some(c),
+            Work::Seal(prepared, spool) => {
+                let store = store.clone();
+                let sealed = tokio::task::spawn_blocking(
+                    move || -> Result<Result<ToCommit, String>, import::ImportError> {
+                        let src = Source::File(spool.to_path_buf());
+                        let staged = import::seal(&store, &src, *prepared)?;
+                        drop(spool);
+                        match staged {
+                            Staged::Sealed { pending, shard, .. } => {
+                                store
+                                    .put_pending(&pending)
+                                    .map_err(import::ImportError::from)?;
+                                Ok(Ok(ToCommit {
+                                    sop: pending.instance.sop_instance_uid.clone(),
+                                    shard,
+                                }))
+                            }
+                            Staged::Rejected(r) => Ok(Err(r.reason)),
+                            Staged::Duplicate(_) => Ok(Err("stored meanwhile".into())),
+                        }
+                    },
+                )
+                .await;
+                match sealed {
+                    Ok(Ok(Ok(c))) => Some(c),
+                    Ok(Ok(Err(reason))) => {
+                        let e = format!("an acknowledged instance was not stored: {reason}");
+                        tracing::error!("{e}");
+                        let _ = broken.set(e);
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        fail(
+                            &broken,
+                            StoreError::Io(std::io::Error::other(e.to_string())),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        fail(&broken, StoreError::Io(std::io::Error::other(e)));
+                        None
+                    }
+                }
+            }
+        };
+        if let Some(c) = to_commit {
+            if commit.send(c).await.is_err() {
+                break;
+            }
         }
     }
 }
 
 /// Commits staged instances in groups: each commit takes everything queued while the previous
-/// one ran, so the commit rate adapts to the arrival rate.
+/// one ran and what arrives within [`COMMIT_LINGER`], so the commit rate adapts to the arrival
+/// rate.
 async fn commit_loop(
     store: Store,
     mut rx: mpsc::Receiver<ToCommit>,
@@ -314,8 +415,15 @@ async fn commit_loop(
     let mut totals = Totals::default();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
+        // What arrives shortly after joins this commit: one syncfs for many instances. Committed
+        // one by one, a 300-slice CT made ~250 syncfs calls whose I/O slowed the staging of the
+        // next instances (median 1.5 ms, p90 4 ms).
+        let deadline = tokio::time::Instant::now() + COMMIT_LINGER;
+        while batch.len() < COMMIT_BATCH {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(more)) => batch.push(more),
+                Ok(None) | Err(_) => break,
+            }
         }
         let store = store.clone();
         let committed = tokio::task::spawn_blocking(move || {
@@ -352,6 +460,59 @@ fn fail(broken: &OnceLock<String>, e: StoreError) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keystore::{self, Role};
+    use discless_fixtures::{self as fx, SeriesSpec, StudySpec};
+
+    /// Statuses come from the check before the answer; sealing and committing follow it, and
+    /// only what was answered with success (once) is stored.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_come_from_the_check_and_what_was_answered_is_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path().join("home"));
+        let keys = keystore::create(&home.keystore(), b"pw", "clinic", Role::Clinic).unwrap();
+        let store = Store::open(&home, keys).unwrap();
+        let study = StudySpec::default();
+        let series = SeriesSpec::new(&study.study_instance_uid, 1, "CT");
+        let files = fx::ct_series(&dir.path().join("src"), &study, &series, 3, 64, 64).unwrap();
+        let (a, b) = (
+            std::fs::read(&files[0]).unwrap(),
+            std::fs::read(&files[1]).unwrap(),
+        );
+        let spool = |bytes: &[u8]| {
+            let t = store.blobs().temp().unwrap();
+            std::fs::write(t.path(), bytes).unwrap();
+            t.into_temp_path()
+        };
+        let mut r = Receiver::new(store.clone(), "CT01".into(), IpAddr::from([127, 0, 0, 1]));
+        assert_eq!(r.store(spool(&a)).await, Reply::success());
+        assert_eq!(r.store(spool(&b)).await, Reply::success());
+        // The same instance again is a duplicate: success, stored once.
+        assert_eq!(r.store(spool(&a)).await, Reply::success());
+        // The same SOP Instance UID with other pixels is refused, with the reason.
+        let mut other = a.clone();
+        let last = other.len() - 1;
+        other[last] ^= 0xFF;
+        let refused = r.store(spool(&other)).await;
+        assert_eq!(refused.status, status::CANNOT_UNDERSTAND);
+        assert!(
+            refused
+                .comment
+                .as_deref()
+                .unwrap_or("")
+                .contains("different content"),
+            "{refused:?}"
+        );
+        // Not DICOM at all: refused.
+        let garbage = r.store(spool(b"not a DICOM data set")).await;
+        assert_eq!(garbage.status, status::CANNOT_UNDERSTAND, "{garbage:?}");
+        let totals = r.finish().await;
+        assert_eq!(totals.received, 5);
+        assert_eq!(totals.committed, 2);
+        assert_eq!(totals.rejected, 2);
+        let studies = store.studies().unwrap();
+        assert_eq!(studies.len(), 1);
+        assert_eq!(studies[0].instance_count, 2);
+    }
 
     #[test]
     fn header_is_a_part10_preamble_and_meta_group() {
