@@ -20,7 +20,8 @@
 //! slower than dicom-pixeldata's own `to_dynamic_image`. Not using that also keeps the `image`
 //! crate and its codecs out of the tree: `png` encodes with its Fast setting (fdeflate: 0.8 ms
 //! for a 512×512 CT where the default takes 30 ms), `jpeg-encoder` (which the JPEG codec
-//! already brings) the JPEGs.
+//! already brings) the JPEGs, with its AVX2 path (`simd`: a rendered 512×512 JPEG frame went
+//! from 3.5 to 2.9 ms over HTTP here).
 //!
 //! The window is, in order: the request's; the file's VOI LUT Sequence; the file's first
 //! Window Center/Width with its VOI LUT Function (LINEAR per PS3.3 C.11.2.1.2, LINEAR_EXACT,
