@@ -595,6 +595,12 @@ pub struct TapProxy {
 impl TapProxy {
     /// Forwards connections on a fresh loopback port to `target` (`host:port`).
     pub fn start(target: std::net::SocketAddr) -> Result<Self> {
+        Self::start_throttled(target, None)
+    }
+
+    /// [`TapProxy::start`], carrying at most `bytes_per_s` in each direction of each connection
+    /// (a slow uplink).
+    pub fn start_throttled(target: std::net::SocketAddr, bytes_per_s: Option<u64>) -> Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -627,6 +633,9 @@ impl TapProxy {
                             }
                             if let Ok(mut s) = seen.lock() {
                                 s.extend_from_slice(&buf[..n]);
+                            }
+                            if let Some(rate) = bytes_per_s.filter(|r| *r > 0) {
+                                std::thread::sleep(Duration::from_secs_f64(n as f64 / rate as f64));
                             }
                         }
                         let _ = to.shutdown(std::net::Shutdown::Both);

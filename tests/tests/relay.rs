@@ -512,3 +512,63 @@ fn a_deposit_over_quota_is_refused_with_a_reason_the_sender_sees() -> Result<()>
     assert_eq!(relay.metric("discless_relay_mailbox_items")?, 0.0);
     Ok(())
 }
+
+/// rust-libp2p's relay ends a circuit after 2 minutes (and 128 KiB) by default; ours allows an
+/// hour and 8 GiB. Here one study takes longer than 2 minutes through one circuit: the clinic
+/// reaches the relay only through a proxy throttled to 120 kB/s, and shares 17 MB. No new circuit
+/// may be needed on the way (a download resumes on a new one, so arrival alone would not show it).
+#[test]
+fn a_circuit_carries_a_transfer_longer_than_two_minutes() -> Result<()> {
+    const RATE: u64 = 120_000;
+    let clinic = Node::init_named("clinic", "Slow uplink clinic")?;
+    let phone = Node::init_named("patient", "Slow uplink phone")?;
+    let data = tempfile::tempdir()?;
+    let (c, p) = (peer_id(&clinic)?, peer_id(&phone)?);
+    let relay = Relay::start(data.path(), "/ip4/127.0.0.1/tcp/0", &[&c, &p], &[])?;
+    let r = relay.tcp_addr()?;
+    let relay_port: u16 = r
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|x| x.split('/').next())
+        .context("relay port")?
+        .parse()?;
+    let slow =
+        discless_tests::TapProxy::start_throttled(([127, 0, 0, 1], relay_port).into(), Some(RATE))?;
+    let throttled = r.replacen(
+        &format!("/tcp/{relay_port}/"),
+        &format!("/tcp/{}/", slow.port),
+        1,
+    );
+    let src = tempfile::tempdir()?;
+    let uid = study(src.path(), "LONG^CIRCUIT", 32, 512)?;
+    clinic.import(&[src.path()])?;
+    let _c = clinic.serve(&["--no-listen", "--no-mdns", "--relay", &throttled])?;
+    let _p = phone.serve(&["--no-listen", "--no-mdns", "--relay", &r])?;
+    pair(&clinic, &phone)?;
+    let opened = relay.metric("discless_relay_circuits_opened_total")?;
+    ensure!(opened >= 1.0, "pairing opened no circuit");
+
+    let start = std::time::Instant::now();
+    let shared = clinic.json(&[
+        "share",
+        &uid,
+        "--to",
+        "Slow uplink phone",
+        "--wait",
+        "--json",
+    ])?;
+    let took = start.elapsed();
+    assert_eq!(shared["state"], "delivered", "{shared}");
+    assert_eq!(phone.export_hashes(&uid)?, content_hashes(src.path())?);
+    ensure!(
+        took > Duration::from_secs(125),
+        "the transfer took only {took:?}: the throttle no longer makes it outlast 2 minutes"
+    );
+    let after = relay.metric("discless_relay_circuits_opened_total")?;
+    ensure!(
+        after == opened,
+        "{} new circuit(s) during a {took:?} transfer: the relay cut the circuit",
+        after - opened
+    );
+    Ok(())
+}

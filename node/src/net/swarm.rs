@@ -244,8 +244,16 @@ pub(crate) async fn run(
                 }
             }
             _ = retry.tick() => {
+                // One reservation per relay: a second one (another address of the same relay)
+                // replaces the first, whose listener then closes, and the two would take turns.
+                let mut reserving: HashSet<PeerId> = relays
+                    .iter()
+                    .filter(|(_, l)| l.is_some())
+                    .filter_map(|(a, _)| relay_peer(a))
+                    .collect();
                 for (addr, listener) in relays.iter_mut() {
-                    if listener.is_none() {
+                    let peer = relay_peer(addr);
+                    if listener.is_none() && peer.is_none_or(|p| reserving.insert(p)) {
                         let circuit = addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
                         match swarm.listen_on(circuit) {
                             Ok(id) => *listener = Some(id),
@@ -395,6 +403,9 @@ pub(crate) async fn run(
                             let round = punch_rounds.entry(remote_peer_id).or_default();
                             if direct {
                                 // The other side's dial got through: nothing to retry.
+                            } else if listen.iter().all(|a| relay_of_circuit(a).is_some()) {
+                                // Nothing to punch with: a punch dials from a listening port.
+                                tracing::info!(peer = %remote_peer_id, "no hole punch without a listen address, staying on the relay: {e}");
                             } else if *round < PUNCH_ROUNDS {
                                 *round += 1;
                                 let wait = PUNCH_BACKOFF * u32::from(*round)

@@ -28,6 +28,7 @@ pub(super) struct Ours {
     mailbox_bytes: Gauge,
     deposited_bytes: Counter,
     delivered_bytes: Counter,
+    circuits_opened: Counter,
 }
 
 impl Ours {
@@ -40,6 +41,7 @@ impl Ours {
             mailbox_bytes: Gauge::default(),
             deposited_bytes: Counter::default(),
             delivered_bytes: Counter::default(),
+            circuits_opened: Counter::default(),
         };
         let r = r.sub_registry_with_prefix("discless_relay");
         r.register("refusals", "Requests refused, by kind", o.refusals.clone());
@@ -49,6 +51,11 @@ impl Ours {
             o.reservations.clone(),
         );
         r.register("circuits_active", "Open circuits", o.circuits.clone());
+        r.register(
+            "circuits_opened",
+            "Circuits opened since start",
+            o.circuits_opened.clone(),
+        );
         r.register(
             "mailbox_items",
             "Items waiting in mailboxes",
@@ -97,6 +104,7 @@ impl Ours {
             }
             E::CircuitReqAccepted { .. } => {
                 self.circuits.inc();
+                self.circuits_opened.inc();
             }
             E::CircuitClosed { .. } => {
                 self.circuits.dec();
