@@ -593,14 +593,9 @@ pub struct TapProxy {
 }
 
 impl TapProxy {
-    /// Forwards connections on a fresh loopback port to `target` (`host:port`).
-    pub fn start(target: std::net::SocketAddr) -> Result<Self> {
-        Self::start_throttled(target, None)
-    }
-
-    /// [`TapProxy::start`], carrying at most `bytes_per_s` in each direction of each connection
-    /// (a slow uplink).
-    pub fn start_throttled(target: std::net::SocketAddr, bytes_per_s: Option<u64>) -> Result<Self> {
+    /// Forwards connections on a fresh loopback port to `target` (`host:port`), carrying at most
+    /// `bytes_per_s` in each direction of each connection when given (a slow uplink).
+    pub fn start(target: std::net::SocketAddr, bytes_per_s: Option<u64>) -> Result<Self> {
         use std::sync::atomic::{AtomicBool, Ordering};
         use std::sync::{Arc, Mutex};
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;

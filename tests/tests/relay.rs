@@ -32,6 +32,24 @@ fn peer_id(n: &Node) -> Result<String> {
         .to_owned())
 }
 
+/// A loopback proxy to the relay at TCP address `r` (optionally throttled to `bytes_per_s`), and
+/// `r` rewritten to go through it.
+fn proxied(r: &str, bytes_per_s: Option<u64>) -> Result<(discless_tests::TapProxy, String)> {
+    let port: u16 = r
+        .split("/tcp/")
+        .nth(1)
+        .and_then(|x| x.split('/').next())
+        .context("relay port")?
+        .parse()?;
+    let proxy = discless_tests::TapProxy::start(([127, 0, 0, 1], port).into(), bytes_per_s)?;
+    let through = r.replacen(
+        &format!("/tcp/{port}/"),
+        &format!("/tcp/{}/", proxy.port),
+        1,
+    );
+    Ok((proxy, through))
+}
+
 fn pair(issuer: &Node, scanner: &Node) -> Result<Value> {
     let t = issuer.json(&["pair", "new", "--json"])?;
     let ticket = t["ticket"].as_str().context("ticket")?;
@@ -401,19 +419,8 @@ fn the_relay_sees_ciphertext_only_and_purges_expired_items() -> Result<()> {
         &[],
     )?;
     let r = relay.tcp_addr()?;
-    let relay_port: u16 = r
-        .split("/tcp/")
-        .nth(1)
-        .and_then(|x| x.split('/').next())
-        .context("relay port")?
-        .parse()?;
     // The patient reaches the relay only through a tap that keeps every byte on the wire.
-    let tap = discless_tests::TapProxy::start(([127, 0, 0, 1], relay_port).into())?;
-    let tapped = r.replacen(
-        &format!("/tcp/{relay_port}/"),
-        &format!("/tcp/{}/", tap.port),
-        1,
-    );
+    let (tap, tapped) = proxied(&r, None)?;
     let name = "PRIVATE^PATIENTNAME";
     let (src, uid, _p) = pair_then_doctor_offline(&patient, &doctor, name, 6, Some(&tapped), &r)?;
     let first = walkdir::WalkDir::new(src.path())
@@ -526,19 +533,7 @@ fn a_circuit_carries_a_transfer_longer_than_two_minutes() -> Result<()> {
     let (c, p) = (peer_id(&clinic)?, peer_id(&phone)?);
     let relay = Relay::start(data.path(), "/ip4/127.0.0.1/tcp/0", &[&c, &p], &[])?;
     let r = relay.tcp_addr()?;
-    let relay_port: u16 = r
-        .split("/tcp/")
-        .nth(1)
-        .and_then(|x| x.split('/').next())
-        .context("relay port")?
-        .parse()?;
-    let slow =
-        discless_tests::TapProxy::start_throttled(([127, 0, 0, 1], relay_port).into(), Some(RATE))?;
-    let throttled = r.replacen(
-        &format!("/tcp/{relay_port}/"),
-        &format!("/tcp/{}/", slow.port),
-        1,
-    );
+    let (_slow, throttled) = proxied(&r, Some(RATE))?;
     let src = tempfile::tempdir()?;
     let uid = study(src.path(), "LONG^CIRCUIT", 32, 512)?;
     clinic.import(&[src.path()])?;

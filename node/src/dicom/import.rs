@@ -512,8 +512,6 @@ pub struct Prepared {
     metadata: String,
     key: crate::crypto::SecretKey,
     display: String,
-    /// BLAKE3 of the plaintext, when it was computed to compare with a stored instance.
-    plaintext_hash: Option<String>,
 }
 
 impl std::fmt::Debug for Prepared {
@@ -530,12 +528,14 @@ impl Prepared {
         &self.instance.sop_instance_uid
     }
 
+    /// Bytes of the instance as received.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
     /// BLAKE3 of the instance's bytes as received.
-    pub fn plaintext_hash(&mut self) -> io::Result<String> {
-        if self.plaintext_hash.is_none() {
-            self.plaintext_hash = Some(hash_body(&self.body)?);
-        }
-        Ok(self.plaintext_hash.clone().unwrap_or_default())
+    pub fn plaintext_hash(&self) -> io::Result<String> {
+        hash_body(&self.body)
     }
 }
 
@@ -636,7 +636,6 @@ fn prepare(
         metadata,
         key,
         display,
-        plaintext_hash: None,
     }))
 }
 
@@ -650,7 +649,6 @@ fn seal_prepared(store: &Store, p: Prepared) -> Outcome {
         metadata,
         key,
         display,
-        ..
     } = p;
     let reject = |reason: String| {
         Outcome::Rejected(Rejected {

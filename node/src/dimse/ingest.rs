@@ -291,32 +291,30 @@ fn check_one(
     let start = std::time::Instant::now();
     let checked = import::check(store, &Source::File(spool.to_path_buf()))?;
     tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "checked");
-    let (sop, hash, work, bytes) = match checked {
+    // What to do once the instance is known new to this association, and a pending record
+    // to write first when an interrupted earlier run already sealed it.
+    let (sop, hash, bytes, work, pending) = match checked {
         Checked::Staged(Staged::Rejected(r)) => return Ok(Stage::Refused(r.reason)),
         Checked::Staged(Staged::Duplicate(_)) => return Ok(Stage::Duplicate),
         Checked::Staged(Staged::Sealed { pending, shard, .. }) => {
-            // Sealed by an interrupted earlier run: recorded again as pending, nothing to seal.
             let sop = pending.instance.sop_instance_uid.clone();
-            let hash = pending.instance.plaintext_hash.clone();
-            let bytes = pending.instance.size;
-            let work = Work::Commit(ToCommit {
+            let commit = Work::Commit(ToCommit {
                 sop: sop.clone(),
                 shard,
             });
-            if !seen_before(seen, &sop) {
-                store
-                    .put_pending(&pending)
-                    .map_err(import::ImportError::from)?;
-            }
-            (sop, hash, work, bytes)
+            let (hash, bytes) = (
+                pending.instance.plaintext_hash.clone(),
+                pending.instance.size,
+            );
+            (sop, hash, bytes, commit, Some(pending))
         }
-        Checked::Ready(mut prepared) => {
+        Checked::Ready(prepared) => {
             let sop = prepared.sop_instance_uid().to_owned();
             let hash = prepared
                 .plaintext_hash()
                 .map_err(|e| import::ImportError::from(StoreError::Io(e)))?;
-            let bytes = std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(0);
-            (sop, hash, Work::Seal(prepared, spool), bytes)
+            let bytes = prepared.size();
+            (sop, hash, bytes, Work::Seal(prepared, spool), None)
         }
     };
     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -330,14 +328,13 @@ fn check_one(
             ))
         });
     }
+    if let Some(pending) = pending {
+        store
+            .put_pending(&pending)
+            .map_err(import::ImportError::from)?;
+    }
     seen.insert(sop, hash);
     Ok(Stage::Stored { work, bytes })
-}
-
-fn seen_before(seen: &Mutex<HashMap<String, String>>, sop: &str) -> bool {
-    seen.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .contains_key(sop)
 }
 
 /// Seals answered instances in the order they came, records them as pending, and passes them
@@ -353,44 +350,29 @@ async fn seal_loop(
             Work::Commit(c) => Some(c),
             Work::Seal(prepared, spool) => {
                 let store = store.clone();
-                let sealed = tokio::task::spawn_blocking(
-                    move || -> Result<Result<ToCommit, String>, import::ImportError> {
-                        let src = Source::File(spool.to_path_buf());
-                        let staged = import::seal(&store, &src, *prepared)?;
-                        drop(spool);
-                        match staged {
-                            Staged::Sealed { pending, shard, .. } => {
-                                store
-                                    .put_pending(&pending)
-                                    .map_err(import::ImportError::from)?;
-                                Ok(Ok(ToCommit {
-                                    sop: pending.instance.sop_instance_uid.clone(),
-                                    shard,
-                                }))
-                            }
-                            Staged::Rejected(r) => Ok(Err(r.reason)),
-                            Staged::Duplicate(_) => Ok(Err("stored meanwhile".into())),
+                // Anything but a sealed instance fails it: it was answered already.
+                let sealed = tokio::task::spawn_blocking(move || -> Result<ToCommit, String> {
+                    let src = Source::File(spool.to_path_buf());
+                    match import::seal(&store, &src, *prepared).map_err(|e| e.to_string())? {
+                        Staged::Sealed { pending, shard, .. } => {
+                            store.put_pending(&pending).map_err(|e| e.to_string())?;
+                            Ok(ToCommit {
+                                sop: pending.instance.sop_instance_uid.clone(),
+                                shard,
+                            })
                         }
-                    },
-                )
-                .await;
+                        Staged::Rejected(r) => Err(r.reason),
+                        Staged::Duplicate(_) => Err("stored meanwhile".into()),
+                    }
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
                 match sealed {
-                    Ok(Ok(Ok(c))) => Some(c),
-                    Ok(Ok(Err(reason))) => {
+                    Ok(c) => Some(c),
+                    Err(reason) => {
                         let e = format!("an acknowledged instance was not stored: {reason}");
                         tracing::error!("{e}");
                         let _ = broken.set(e);
-                        None
-                    }
-                    Ok(Err(e)) => {
-                        fail(
-                            &broken,
-                            StoreError::Io(std::io::Error::other(e.to_string())),
-                        );
-                        None
-                    }
-                    Err(e) => {
-                        fail(&broken, StoreError::Io(std::io::Error::other(e)));
                         None
                     }
                 }

@@ -221,7 +221,7 @@ pub(crate) async fn run(
                     .get(&peer)
                     .map(|m| m.iter().filter(|(_, r)| **r).map(|(id, _)| *id).collect())
                     .unwrap_or_default();
-                let has_direct = conns.get(&peer).is_some_and(|m| m.values().any(|r| !r));
+                let has_direct = has_direct(&conns, &peer);
                 if has_direct {
                     for id in relayed {
                         swarm.close_connection(id);
@@ -229,9 +229,7 @@ pub(crate) async fn run(
                 }
             }
             Some(peer) = punch_again.next(), if !punch_again.is_empty() => {
-                let relayed_only = conns
-                    .get(&peer)
-                    .is_some_and(|m| !m.is_empty() && m.values().all(|relayed| *relayed));
+                let relayed_only = conns.contains_key(&peer) && !has_direct(&conns, &peer);
                 let addrs = circuits.get(&peer).cloned().unwrap_or_default();
                 if relayed_only && !addrs.is_empty() {
                     let opts = DialOpts::peer_id(peer)
@@ -301,9 +299,9 @@ pub(crate) async fn run(
                             connected: conns.keys().copied().collect(),
                             relays: reserved.iter().copied().collect(),
                             direct: conns
-                                .iter()
-                                .filter(|(_, m)| m.values().any(|relayed| !relayed))
-                                .map(|(p, _)| *p)
+                                .keys()
+                                .filter(|p| has_direct(&conns, p))
+                                .copied()
                                 .collect(),
                         });
                     }
@@ -399,7 +397,7 @@ pub(crate) async fn run(
                             });
                         }
                         Err(e) => {
-                            let direct = conns.get(&remote_peer_id).is_some_and(|m| m.values().any(|r| !r));
+                            let direct = has_direct(&conns, &remote_peer_id);
                             let round = punch_rounds.entry(remote_peer_id).or_default();
                             if direct {
                                 // The other side's dial got through: nothing to retry.
@@ -470,4 +468,15 @@ fn remember_circuits(
 fn quic(addr: &Multiaddr) -> bool {
     addr.iter()
         .any(|p| matches!(p, libp2p::multiaddr::Protocol::QuicV1))
+}
+
+/// Whether one of `peer`'s open connections is direct (not through a relay). `conns` holds each
+/// peer's connections and whether each is relayed; a peer is in it while it has any.
+fn has_direct(
+    conns: &HashMap<PeerId, HashMap<libp2p::swarm::ConnectionId, bool>>,
+    peer: &PeerId,
+) -> bool {
+    conns
+        .get(peer)
+        .is_some_and(|m| m.values().any(|relayed| !relayed))
 }
