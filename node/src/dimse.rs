@@ -11,11 +11,13 @@
 //! accept (TCP_NODELAY) ─ one task per association, at most MAX_ASSOCIATIONS at once
 //!   A-ASSOCIATE-RQ → allow list (A-ASSOCIATE-RJ "calling AE not recognised") → AC
 //!   C-ECHO-RQ  → C-ECHO-RSP
-//!   C-STORE-RQ → data PDVs streamed to a temp file behind a Part-10 meta group built from the
-//!                command and the presentation context (the data set bytes exactly as received)
-//!              → import::check on a blocking thread (parse, dedupe, study key)
+//!   C-STORE-RQ → data PDVs spooled behind a Part-10 meta group built from the command and the
+//!                presentation context (the data set bytes exactly as received), in memory up
+//!                to 8 MiB, else streamed to a temp file
+//!              → import::check in place (block_in_place: parse, dedupe, study key)
 //!              → C-STORE-RSP (0x0000, or 0xC000/0xA700 with an ErrorComment)
-//!              → the association's sealer: import::seal (encrypt into the blob file) → q/ record
+//!              → the association's sealers (2 at once): import::seal (encrypt into the blob
+//!                file) → q/ record
 //!              → its committer makes sealed instances visible in group commits (100 ms linger)
 //!   A-RELEASE-RQ → wait for the committer → audit entry → A-RELEASE-RP
 //! ```
@@ -24,12 +26,13 @@
 //! So the C-STORE-RSP goes out once the instance is known readable and new (everything that
 //! decides its status: parsing, the duplicate and conflict checks); sealing it (~1 ms of the
 //! ~3 ms a 512 KiB CT slice took here when it came before the answer) overlaps the next
-//! instance's arrival, at most `SEAL_QUEUE` behind. A committer task per association commits
-//! what has been sealed meanwhile (`syncfs` + one sled batch + flush), and the association's
-//! release is answered only after everything it sent is committed. A power loss can therefore
-//! lose the instances of the last commit window (~100 ms) although they were acknowledged, and
-//! a disk failure while sealing loses those answered but not yet sealed (at most `SEAL_QUEUE`,
-//! logged) and fails the association's later ones ("out of resources"); a modality that saw
+//! instance's arrival, at most `SEAL_QUEUE` + `SEALERS` behind. A committer task per
+//! association commits what has been sealed meanwhile (`syncfs` + one sled batch + flush), and
+//! the association's release is answered only after everything it sent is committed. A power
+//! loss can therefore lose the instances of the last commit window (~100 ms) although they were
+//! acknowledged, and a disk failure while sealing loses those answered but not yet sealed (at
+//! most `SEAL_QUEUE` + `SEALERS`, logged) and fails the association's later ones ("out of
+//! resources"); a modality that saw
 //! its release confirmed has everything on disk. dcmtk's storescp does not sync at all.
 //!
 //! A malformed PDU, an unexpected PDU or an abort ends only that association: the instance being

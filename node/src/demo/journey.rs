@@ -266,9 +266,18 @@ pub(crate) fn run(
         let doctor = launcher.serve(&doctor_home, "doctor-1", &doctor_args)?;
         let t = doctor.control(&["pair", "new", "--expires", "1h", "--json"])?;
         let ticket = text(&t, "ticket", "pair new")?;
+        let qr = crate::net::ticket::qr::terminal(&ticket)?;
         doctor.stop()?;
-        Ok((ticket, "e.g. printed on the appointment letter".into()))
+        Ok((
+            (ticket, qr),
+            "e.g. printed on the appointment letter; valid 1 h".into(),
+        ))
     })?;
+    let (doctor_ticket, doctor_qr) = doctor_ticket;
+    if !opts.check {
+        println!("{doctor_qr}");
+        println!("    {doctor_ticket}");
+    }
 
     let patient_sas = s.step("the phone scans it: the request waits at the relay", |_| {
         let p = node(&cast, "patient's phone")?.control(&[

@@ -432,10 +432,10 @@ pub enum Staged {
 /// error; bad input is [`Staged::Rejected`].
 pub fn stage(store: &Store, src: &Source) -> Result<Staged, ImportError> {
     let mut zips = HashMap::new();
-    staged(src, process(store, src, &mut zips))
+    staged(&src.display(), process(store, src, &mut zips))
 }
 
-fn staged(src: &Source, outcome: Outcome) -> Result<Staged, ImportError> {
+fn staged(display: &str, outcome: Outcome) -> Result<Staged, ImportError> {
     match outcome {
         Outcome::Sealed {
             pending,
@@ -452,7 +452,7 @@ fn staged(src: &Source, outcome: Outcome) -> Result<Staged, ImportError> {
         }
         Outcome::Duplicate(a) => Ok(Staged::Duplicate(a)),
         Outcome::Skipped => Ok(Staged::Rejected(Rejected {
-            path: src.display(),
+            path: display.to_owned(),
             reason: ParseError::Dicomdir.to_string(),
         })),
         Outcome::Rejected(r) => Ok(Staged::Rejected(r)),
@@ -473,16 +473,28 @@ pub enum Checked {
 /// [`seal`] while the next one arrives.
 pub fn check(store: &Store, src: &Source) -> Result<Checked, ImportError> {
     let mut zips = HashMap::new();
-    match prepare(store, src, &mut zips) {
+    checked(&src.display(), prepare(store, src, &mut zips))
+}
+
+/// [`check`] for an instance already in memory (a received one, shown as `display`): no
+/// file is written or read for it.
+pub fn check_bytes(store: &Store, display: String, bytes: Vec<u8>) -> Result<Checked, ImportError> {
+    let shown = display.clone();
+    checked(&shown, prepare_body(store, display, Body::Memory(bytes)))
+}
+
+fn checked(display: &str, step: Step) -> Result<Checked, ImportError> {
+    match step {
         Step::Ready(p) => Ok(Checked::Ready(p)),
-        Step::Done(outcome) => staged(src, outcome).map(Checked::Staged),
+        Step::Done(outcome) => staged(display, outcome).map(Checked::Staged),
     }
 }
 
 /// The second half of [`stage`]: seals what [`check`] prepared. Only the store's disk can
 /// fail it now (or the source changing underneath).
-pub fn seal(store: &Store, src: &Source, prepared: Prepared) -> Result<Staged, ImportError> {
-    staged(src, seal_prepared(store, prepared))
+pub fn seal(store: &Store, prepared: Prepared) -> Result<Staged, ImportError> {
+    let display = prepared.display.clone();
+    staged(&display, seal_prepared(store, prepared))
 }
 
 /// The bytes of a source, either in memory or as a file to stream.
@@ -562,15 +574,22 @@ fn prepare(
     zips: &mut HashMap<PathBuf, zip::ZipArchive<File>>,
 ) -> Step {
     let display = src.display();
+    match load(store, src, zips) {
+        Ok(body) => prepare_body(store, display, body),
+        Err(reason) => Step::Done(Outcome::Rejected(Rejected {
+            path: display,
+            reason,
+        })),
+    }
+}
+
+/// Parses and dedupes a loaded source, and fetches (or creates) its study's key.
+fn prepare_body(store: &Store, display: String, body: Body) -> Step {
     let reject = |reason: String| {
         Outcome::Rejected(Rejected {
             path: display.clone(),
             reason,
         })
-    };
-    let body = match load(store, src, zips) {
-        Ok(b) => b,
-        Err(reason) => return Step::Done(reject(reason)),
     };
     let (parsed, size) = match &body {
         Body::Memory(bytes) => (parse::parse_bytes(bytes), bytes.len() as u64),

@@ -1,11 +1,13 @@
-//! From received bytes to stored instances: the spool file of one C-STORE, checking it through
-//! the import path (which decides the answer), then the association's sealer and committer,
-//! which seal it and make it visible behind the answer.
+//! From received bytes to stored instances: the spool of one C-STORE, checking it through the
+//! import path (which decides the answer), then the association's sealer and committer, which
+//! seal it and make it visible behind the answer.
 //!
 //! The spool is the Part-10 file the import expects: a zero preamble, `DICM`, a meta group built
 //! from the C-STORE command and the presentation context, then the data set PDV bytes as they
-//! arrived, written as they arrive (never a whole instance in memory on the async side). It lives
-//! in the node's `tmp/` (emptied whenever the store opens) and is deleted once staged.
+//! arrived. Up to [`SPOOL_IN_MEMORY`] it is kept in memory: writing a CT slice to a file and
+//! reading it back took 0.2–0.4 ms of the ~2.5 ms each instance waited for its answer. A larger
+//! instance spills to a file in the node's `tmp/` (emptied whenever the store opens), written as
+//! it arrives and deleted once sealed, so memory stays bounded whatever the instance size.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -27,6 +29,14 @@ const COMMIT_QUEUE: usize = 256;
 
 /// Instances answered but not yet sealed; when full, the next answer waits for the sealer.
 const SEAL_QUEUE: usize = 8;
+
+/// Instances sealed at once per association.
+const SEALERS: usize = 2;
+
+/// Received instances up to this size are spooled in memory, larger ones in a file. With
+/// [`SEAL_QUEUE`] this bounds an association's spooled memory at about 80 MiB; a CT or MR slice
+/// is well under 1 MiB, a radiograph 10–30 MiB (a file).
+const SPOOL_IN_MEMORY: usize = 8 * 1024 * 1024;
 
 /// How long a commit waits for more staged instances to join it, and how many it takes at most.
 const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(100);
@@ -67,25 +77,37 @@ pub(super) fn file_header(
     Ok(out)
 }
 
-/// One instance being received into a temp file.
+/// One instance being received: in memory while small, then in a temp file.
 #[derive(Debug)]
 pub(super) struct Spool {
-    file: tokio::io::BufWriter<tokio::fs::File>,
-    path: tempfile::TempPath,
+    store: Store,
+    to: SpoolTo,
     bytes: u64,
 }
 
+#[derive(Debug)]
+enum SpoolTo {
+    Memory(Vec<u8>),
+    File {
+        file: tokio::io::BufWriter<tokio::fs::File>,
+        path: tempfile::TempPath,
+    },
+}
+
+/// A whole received instance, as a Part-10 file's bytes.
+#[derive(Debug)]
+pub(super) enum Spooled {
+    Memory(Vec<u8>),
+    File(tempfile::TempPath),
+}
+
 impl Spool {
-    pub(super) async fn create(store: &Store, header: &[u8]) -> Result<Self, SpoolError> {
-        let (file, path) = store.blobs().temp()?.into_parts();
-        let mut file =
-            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
-        file.write_all(header).await?;
-        Ok(Self {
-            file,
-            path,
+    pub(super) fn new(store: &Store, header: Vec<u8>) -> Self {
+        Self {
+            store: store.clone(),
+            to: SpoolTo::Memory(header),
             bytes: 0,
-        })
+        }
     }
 
     pub(super) async fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
@@ -93,12 +115,32 @@ impl Spool {
         if self.bytes > MAX_INSTANCE_BYTES {
             return Err(SpoolError::TooLarge);
         }
-        Ok(self.file.write_all(data).await?)
+        match &mut self.to {
+            SpoolTo::Memory(buf) if buf.len() + data.len() <= SPOOL_IN_MEMORY => {
+                buf.extend_from_slice(data);
+                Ok(())
+            }
+            SpoolTo::Memory(buf) => {
+                let (file, path) = self.store.blobs().temp()?.into_parts();
+                let mut file =
+                    tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+                file.write_all(buf).await?;
+                file.write_all(data).await?;
+                self.to = SpoolTo::File { file, path };
+                Ok(())
+            }
+            SpoolTo::File { file, .. } => Ok(file.write_all(data).await?),
+        }
     }
 
-    pub(super) async fn finish(mut self) -> Result<tempfile::TempPath, SpoolError> {
-        self.file.flush().await?;
-        Ok(self.path)
+    pub(super) async fn finish(self) -> Result<Spooled, SpoolError> {
+        match self.to {
+            SpoolTo::Memory(buf) => Ok(Spooled::Memory(buf)),
+            SpoolTo::File { mut file, path } => {
+                file.flush().await?;
+                Ok(Spooled::File(path))
+            }
+        }
     }
 }
 
@@ -162,7 +204,8 @@ pub(super) struct Receiver {
 /// The sealer's input: an instance answered already, or one sealed by an earlier run.
 #[derive(Debug)]
 enum Work {
-    Seal(Box<Prepared>, tempfile::TempPath),
+    /// With the spool file the prepared instance streams from, if it has one.
+    Seal(Box<Prepared>, Option<tempfile::TempPath>),
     Commit(ToCommit),
 }
 
@@ -186,14 +229,24 @@ impl Receiver {
     }
 
     /// Stages one received file; the answer for its C-STORE-RSP.
-    pub(super) async fn store(&mut self, spool: tempfile::TempPath) -> Reply {
+    pub(super) async fn store(&mut self, spool: Spooled) -> Reply {
         self.totals.received += 1;
         if let Some(e) = self.broken.get() {
             return Reply::failure(status::OUT_OF_RESOURCES, format!("store failure: {e}"));
         }
         let store = self.store.clone();
         let seen = self.seen.clone();
-        let staged = tokio::task::spawn_blocking(move || check_one(&store, spool, &seen)).await;
+        // The check is on the answer's path: in place, it waited ~0.1 ms less for a thread
+        // than through spawn_blocking (the runtime's other worker takes this one's tasks).
+        let staged = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            Ok(tokio::task::block_in_place(|| {
+                check_one(&store, spool, &seen)
+            }))
+        } else {
+            tokio::task::spawn_blocking(move || check_one(&store, spool, &seen)).await
+        };
         let reply = match staged {
             Ok(Ok(Stage::Stored { work, bytes })) => {
                 self.totals.bytes += bytes;
@@ -279,17 +332,26 @@ enum Stage {
     Refused(String),
 }
 
-/// Blocking: parse and dedupe one spooled file. What decides the C-STORE status happens here,
-/// so that the answer can go out while the instance is sealed (~1 ms of a 512 KiB slice's
-/// ~3 ms here) and the next one arrives. Sealing after the answer can fail only as a commit
+/// Blocking: parse and dedupe one spooled instance. What decides the C-STORE status happens
+/// here, so that the answer can go out while the instance is sealed (1.2–1.8 ms for a 512 KiB
+/// slice here, several times the check) and the next one arrives. Sealing after the answer can fail only as a commit
 /// after it can, on the store's disk: the association then answers "out of resources".
 fn check_one(
     store: &Store,
-    spool: tempfile::TempPath,
+    spool: Spooled,
     seen: &Mutex<HashMap<String, String>>,
 ) -> Result<Stage, import::ImportError> {
     let start = std::time::Instant::now();
-    let checked = import::check(store, &Source::File(spool.to_path_buf()))?;
+    let (checked, spool) = match spool {
+        Spooled::Memory(bytes) => (
+            import::check_bytes(store, "received instance".into(), bytes)?,
+            None,
+        ),
+        Spooled::File(path) => (
+            import::check(store, &Source::File(path.to_path_buf()))?,
+            Some(path),
+        ),
+    };
     tracing::debug!(elapsed_us = start.elapsed().as_micros() as u64, "checked");
     // What to do once the instance is known new to this association, and a pending record
     // to write first when an interrupted earlier run already sealed it.
@@ -337,51 +399,79 @@ fn check_one(
     Ok(Stage::Stored { work, bytes })
 }
 
-/// Seals answered instances in the order they came, records them as pending, and passes them
-/// to the committer. On a failure it marks the association broken and drops the rest.
+/// Seals answered instances, [`SEALERS`] at a time, records them as pending, and passes them to
+/// the committer as they are done (a commit batch has no order). On a failure it marks the
+/// association broken and drops the rest. One sealer at a time was the association's
+/// bottleneck: the answers waited for room in the seal queue.
 async fn seal_loop(
     store: Store,
     mut rx: mpsc::Receiver<Work>,
     commit: mpsc::Sender<ToCommit>,
     broken: Arc<OnceLock<String>>,
 ) {
-    while let Some(work) = rx.recv().await {
-        let to_commit = match work {
-            Work::Commit(c) => Some(c),
-            Work::Seal(prepared, spool) => {
-                let store = store.clone();
-                // Anything but a sealed instance fails it: it was answered already.
-                let sealed = tokio::task::spawn_blocking(move || -> Result<ToCommit, String> {
-                    let src = Source::File(spool.to_path_buf());
-                    match import::seal(&store, &src, *prepared).map_err(|e| e.to_string())? {
-                        Staged::Sealed { pending, shard, .. } => {
-                            store.put_pending(&pending).map_err(|e| e.to_string())?;
-                            Ok(ToCommit {
-                                sop: pending.instance.sop_instance_uid.clone(),
-                                shard,
-                            })
-                        }
-                        Staged::Rejected(r) => Err(r.reason),
-                        Staged::Duplicate(_) => Err("stored meanwhile".into()),
-                    }
-                })
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
-                match sealed {
-                    Ok(c) => Some(c),
-                    Err(reason) => {
-                        let e = format!("an acknowledged instance was not stored: {reason}");
-                        tracing::error!("{e}");
-                        let _ = broken.set(e);
-                        None
-                    }
+    let mut sealing = tokio::task::JoinSet::new();
+    loop {
+        let done = tokio::select! {
+            work = rx.recv(), if sealing.len() < SEALERS => match work {
+                Some(Work::Commit(c)) => Ok(c),
+                Some(Work::Seal(prepared, spool)) => {
+                    let store = store.clone();
+                    sealing.spawn_blocking(move || seal_one(&store, *prepared, spool));
+                    continue;
                 }
-            }
+                None => break,
+            },
+            Some(joined) = sealing.join_next() => joined.unwrap_or_else(|e| Err(e.to_string())),
+            else => break,
         };
-        if let Some(c) = to_commit {
-            if commit.send(c).await.is_err() {
-                break;
-            }
+        if !forward(done, &commit, &broken).await {
+            return;
+        }
+    }
+    while let Some(joined) = sealing.join_next().await {
+        let done = joined.unwrap_or_else(|e| Err(e.to_string()));
+        if !forward(done, &commit, &broken).await {
+            return;
+        }
+    }
+}
+
+/// Blocking: seals one answered instance and records it as pending. Anything but a sealed
+/// instance fails it: it was answered already.
+fn seal_one(
+    store: &Store,
+    prepared: Prepared,
+    spool: Option<tempfile::TempPath>,
+) -> Result<ToCommit, String> {
+    let staged = import::seal(store, prepared).map_err(|e| e.to_string());
+    drop(spool);
+    match staged? {
+        Staged::Sealed { pending, shard, .. } => {
+            store.put_pending(&pending).map_err(|e| e.to_string())?;
+            Ok(ToCommit {
+                sop: pending.instance.sop_instance_uid.clone(),
+                shard,
+            })
+        }
+        Staged::Rejected(r) => Err(r.reason),
+        Staged::Duplicate(_) => Err("stored meanwhile".into()),
+    }
+}
+
+/// Passes a sealed instance on to the committer, or marks the association broken; false once
+/// the committer is gone.
+async fn forward(
+    done: Result<ToCommit, String>,
+    commit: &mpsc::Sender<ToCommit>,
+    broken: &OnceLock<String>,
+) -> bool {
+    match done {
+        Ok(c) => commit.send(c).await.is_ok(),
+        Err(reason) => {
+            let e = format!("an acknowledged instance was not stored: {reason}");
+            tracing::error!("{e}");
+            let _ = broken.set(e);
+            true
         }
     }
 }
@@ -460,10 +550,16 @@ mod tests {
             std::fs::read(&files[0]).unwrap(),
             std::fs::read(&files[1]).unwrap(),
         );
-        let spool = |bytes: &[u8]| {
+        // Every other instance through a spool file, as a large one would come.
+        let mut n = 0;
+        let mut spool = |bytes: &[u8]| {
+            n += 1;
+            if n % 2 == 0 {
+                return Spooled::Memory(bytes.to_vec());
+            }
             let t = store.blobs().temp().unwrap();
             std::fs::write(t.path(), bytes).unwrap();
-            t.into_temp_path()
+            Spooled::File(t.into_temp_path())
         };
         let mut r = Receiver::new(store.clone(), "CT01".into(), IpAddr::from([127, 0, 0, 1]));
         assert_eq!(r.store(spool(&a)).await, Reply::success());
@@ -494,6 +590,41 @@ mod tests {
         let studies = store.studies().unwrap();
         assert_eq!(studies.len(), 1);
         assert_eq!(studies[0].instance_count, 2);
+    }
+
+    /// A spool stays in memory up to its limit and spills everything, header included, to a
+    /// file beyond it.
+    #[tokio::test]
+    async fn a_large_instance_spills_to_a_file_with_every_byte() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = crate::home::Home::new(dir.path().join("home"));
+        let keys = keystore::create(&home.keystore(), b"pw", "clinic", Role::Clinic).unwrap();
+        let store = Store::open(&home, keys).unwrap();
+        let piece: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+
+        let mut small = Spool::new(&store, b"HEAD".to_vec());
+        small.write(&piece).await.unwrap();
+        match small.finish().await.unwrap() {
+            Spooled::Memory(b) => assert_eq!(b.len(), 4 + piece.len()),
+            Spooled::File(_) => panic!("a 64 KiB instance went to a file"),
+        }
+
+        let mut large = Spool::new(&store, b"HEAD".to_vec());
+        let pieces = SPOOL_IN_MEMORY / piece.len() + 2;
+        for _ in 0..pieces {
+            large.write(&piece).await.unwrap();
+        }
+        let Spooled::File(path) = large.finish().await.unwrap() else {
+            panic!("an instance over the limit stayed in memory");
+        };
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 4 + pieces * piece.len());
+        assert_eq!(&bytes[..4], b"HEAD");
+        assert!(bytes[4..]
+            .chunks(piece.len())
+            .all(|c| c == piece.as_slice()));
+        drop(path);
+        assert_eq!(std::fs::read_dir(home.tmp()).unwrap().count(), 0);
     }
 
     #[test]

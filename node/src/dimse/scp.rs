@@ -2,7 +2,7 @@
 //!
 //! P-DATA PDUs are read one at a time (each bounded by the negotiated maximum); command PDVs are
 //! gathered (bounded by `MAX_COMMAND_BYTES`) until their last fragment, data PDVs of a C-STORE go
-//! straight to the spool file. Anything out of order (data without a command, a command on a
+//! straight to the spool. Anything out of order (data without a command, a command on a
 //! context that was not accepted, a PDU other than P-DATA, release or abort) aborts this
 //! association only.
 
@@ -192,7 +192,7 @@ impl std::fmt::Display for End {
 /// The data set that follows a command.
 #[derive(Debug)]
 enum Incoming {
-    /// A C-STORE's data set, into its spool file.
+    /// A C-STORE's data set, into its spool.
     Store { rq: Command, pc: u8, spool: Spool },
     /// A data set we will not keep; answered with `reply` after its last fragment.
     Discard { rq: Command, pc: u8, reply: Reply },
@@ -316,7 +316,7 @@ impl Session {
                     &ctx.transfer_syntax,
                     &self.calling,
                 ) {
-                    Ok(header) => Spool::create(&self.store, &header).await,
+                    Ok(header) => Ok(Spool::new(&self.store, header)),
                     Err(e) => Err(e),
                 };
                 self.incoming = Some(match spool {
