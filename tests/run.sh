@@ -44,6 +44,16 @@ if [ ! -x /usr/sbin/Orthanc ] || [ ! -e /usr/share/orthanc/plugins/libOrthancDic
 fi
 python3 -c 'import dicomweb_client' 2>/dev/null || python3 -m pip install -q dicomweb-client
 ( cd tests/browser && { [ -d node_modules/playwright-core ] || npm ci --no-audit --no-fund; } )
+# OHIF Viewer v3 for the DICOMweb interoperability test: npm's @ohif/app ships its built dist/;
+# only that is unpacked (npm checks the tarball against the registry's integrity hash).
+OHIF_VERSION=3.13.2
+if [ "$(cat tests/browser/ohif/VERSION 2>/dev/null)" != "$OHIF_VERSION" ]; then
+  rm -rf tests/browser/ohif && mkdir -p tests/browser/ohif
+  ( cd tests/browser/ohif \
+    && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null \
+    && tar xzf "ohif-app-$OHIF_VERSION.tgz" --strip-components=1 package/dist \
+    && rm "ohif-app-$OHIF_VERSION.tgz" && echo "$OHIF_VERSION" > VERSION )
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi

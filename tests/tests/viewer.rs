@@ -140,3 +140,77 @@ fn two_nodes_pair_share_and_transfer_through_the_web_ui() -> Result<()> {
     }
     Ok(())
 }
+
+/// OHIF Viewer v3's built `dist/` (npm `@ohif/app`, fetched by tests/run.sh), or None to skip.
+fn ohif_dist(browser_dir: &std::path::Path) -> Option<PathBuf> {
+    let dist = browser_dir.join("ohif/dist");
+    if dist.join("index.html").is_file() {
+        return Some(dist);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("tests/browser/ohif/dist is missing under CI=true: tests/run.sh fetches it");
+    }
+    eprintln!("SKIPPED: OHIF's dist is missing (tests/run.sh fetches it into tests/browser/ohif)");
+    None
+}
+
+/// OHIF, served from another origin, reaches the node through DICOMweb only (CORS): its study
+/// list shows the node's study and a CT series displays (pixels on its canvas).
+#[test]
+fn ohif_lists_the_studies_and_displays_a_ct_series() -> Result<()> {
+    let Some(browser_dir) = browser_ready() else {
+        return Ok(());
+    };
+    let Some(dist) = ohif_dist(&browser_dir) else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let study = StudySpec {
+        study_instance_uid: fx::uid("tests/viewer/ohif"),
+        patient: fx::Patient {
+            name: "OHIFCHECK^ANNA".into(),
+            ..fx::Patient::default()
+        },
+        ..StudySpec::default()
+    };
+    fx::ct_series(
+        work.path(),
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
+        24,
+        512,
+        512,
+    )?;
+    let node = Node::init("doctor")?;
+    let (code, r) = node.import(&[work.path()])?;
+    assert_eq!(code, 0, "{r}");
+    // OHIF's own origin: a port free now, for the script's static server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let origin = format!("http://127.0.0.1:{port}");
+    let served = node.serve(&["--cors-origin", &origin])?;
+    let shots = workspace_root().join("target/browser-screenshots");
+    std::fs::create_dir_all(&shots)?;
+    run_script(
+        &browser_dir,
+        "ohif.mjs",
+        &[
+            "--dist",
+            &dist.to_string_lossy(),
+            "--dicomweb",
+            &format!("{}/dicomweb", served.url),
+            "--port",
+            &port.to_string(),
+            "--study",
+            &study.study_instance_uid,
+            // OHIF shows a PN as "Family, Given".
+            "--expect",
+            "OHIFCHECK, ANNA",
+            "--out",
+            &shots.to_string_lossy(),
+        ],
+    )?;
+    assert!(shots.join("ohif-viewer.png").is_file());
+    Ok(())
+}
