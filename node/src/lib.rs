@@ -18,6 +18,7 @@
 //! plaintext hash recorded at import.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod background;
 pub mod bench;
 pub mod cli;
 pub mod crypto;

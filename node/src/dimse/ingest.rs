@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use super::command::status;
 use super::{IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, MAX_INSTANCE_BYTES};
+use crate::background;
 use crate::dicom::import::{self, Checked, Prepared, Source, Staged};
 use crate::store::{Store, StoreError};
 
@@ -399,8 +400,9 @@ fn check_one(
     Ok(Stage::Stored { work, bytes })
 }
 
-/// Seals answered instances, [`SEALERS`] at a time, records them as pending, and passes them to
-/// the committer as they are done (a commit batch has no order). On a failure it marks the
+/// Seals answered instances, [`SEALERS`] at a time on the background threads (a lower CPU
+/// priority than the answers' path), records them as pending, and passes them to the committer
+/// as they are done (a commit batch has no order). On a failure it marks the
 /// association broken and drops the rest. One sealer at a time was the association's
 /// bottleneck: the answers waited for room in the seal queue.
 async fn seal_loop(
@@ -416,7 +418,11 @@ async fn seal_loop(
                 Some(Work::Commit(c)) => Ok(c),
                 Some(Work::Seal(prepared, spool)) => {
                     let store = store.clone();
-                    sealing.spawn_blocking(move || seal_one(&store, *prepared, spool));
+                    sealing.spawn(async move {
+                        background::run(move || seal_one(&store, *prepared, spool))
+                            .await
+                            .unwrap_or_else(|e| Err(e.to_string()))
+                    });
                     continue;
                 }
                 None => break,
