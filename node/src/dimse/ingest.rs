@@ -103,12 +103,22 @@ pub(super) enum Spooled {
 }
 
 impl Spool {
-    pub(super) fn new(store: &Store, header: Vec<u8>) -> Self {
+    /// `expect` is a guess of the data set's size (the association's previous one: a series
+    /// comes slice after slice of one size), so that the buffer is not regrown and copied
+    /// while it fills.
+    pub(super) fn new(store: &Store, mut header: Vec<u8>, expect: u64) -> Self {
+        let expect = usize::try_from(expect).unwrap_or(0).min(SPOOL_IN_MEMORY);
+        header.reserve_exact(expect);
         Self {
             store: store.clone(),
             to: SpoolTo::Memory(header),
             bytes: 0,
         }
+    }
+
+    /// Data set bytes received so far.
+    pub(super) fn len(&self) -> u64 {
+        self.bytes
     }
 
     pub(super) async fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
@@ -608,14 +618,14 @@ mod tests {
         let store = Store::open(&home, keys).unwrap();
         let piece: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
 
-        let mut small = Spool::new(&store, b"HEAD".to_vec());
+        let mut small = Spool::new(&store, b"HEAD".to_vec(), 0);
         small.write(&piece).await.unwrap();
         match small.finish().await.unwrap() {
             Spooled::Memory(b) => assert_eq!(b.len(), 4 + piece.len()),
             Spooled::File(_) => panic!("a 64 KiB instance went to a file"),
         }
 
-        let mut large = Spool::new(&store, b"HEAD".to_vec());
+        let mut large = Spool::new(&store, b"HEAD".to_vec(), 1 << 20);
         let pieces = SPOOL_IN_MEMORY / piece.len() + 2;
         for _ in 0..pieces {
             large.write(&piece).await.unwrap();

@@ -129,6 +129,7 @@ impl Server {
             contexts,
             command: Vec::new(),
             incoming: None,
+            last_data_set: 0,
         };
         let end = session.serve(&cancel).await;
         let Session {
@@ -207,6 +208,8 @@ struct Session {
     /// Command fragments gathered so far.
     command: Vec<u8>,
     incoming: Option<Incoming>,
+    /// Size of the previous C-STORE's data set, to size the next spool.
+    last_data_set: u64,
 }
 
 impl std::fmt::Debug for Session {
@@ -316,7 +319,7 @@ impl Session {
                     &ctx.transfer_syntax,
                     &self.calling,
                 ) {
-                    Ok(header) => Ok(Spool::new(&self.store, header)),
+                    Ok(header) => Ok(Spool::new(&self.store, header, self.last_data_set)),
                     Err(e) => Err(e),
                 };
                 self.incoming = Some(match spool {
@@ -345,6 +348,7 @@ impl Session {
     async fn data_set_received(&mut self, done: Incoming) -> Result<(), String> {
         let (rq, pc, reply) = match done {
             Incoming::Store { rq, pc, spool } => {
+                self.last_data_set = spool.len();
                 let reply = match spool.finish().await {
                     Ok(path) => self.receiver.store(path).await,
                     Err(e) => Reply::failure(status::OUT_OF_RESOURCES, e.to_string()),
