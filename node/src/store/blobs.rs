@@ -59,7 +59,9 @@ impl Blobs {
     ) -> Result<(String, PathBuf), E> {
         let tmp = self.temp()?;
         let id = {
-            let mut w = BufWriter::with_capacity(1 << 20, tmp.as_file());
+            // Small: it only gathers a blob's header and nonces; a sealed chunk (up to 1 MiB) is
+            // larger and goes to the file directly instead of being copied through it.
+            let mut w = BufWriter::with_capacity(8 * 1024, tmp.as_file());
             let id = write(&mut w)?;
             w.flush()?;
             id
