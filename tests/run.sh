@@ -19,6 +19,9 @@ apt_missing=()
 [ -x /usr/sbin/ip ] || apt_missing+=(iproute2)
 [ -x /usr/sbin/nft ] || apt_missing+=(nftables)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
+# CharLS (JPEG-LS decoding, the `jpegls` feature) builds from C++ source with cmake.
+command -v cmake >/dev/null 2>&1 || apt_missing+=(cmake)
+command -v c++ >/dev/null 2>&1 || apt_missing+=(g++)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing: ${apt_missing[*]}"
   sudo_if_needed apt-get update -qq
@@ -63,10 +66,13 @@ fi
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"; fi
 disk() { echo "disk ($1): $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2>/dev/null | tail -1 || df -h --output=avail . | tail -1) free"; }
 
+# Everything is built and tested with the optional JPEG-LS codec, one feature set for all steps
+# (so nothing is built twice).
+features=(--features discless/jpegls)
 cargo fmt --all -- --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo build --workspace --bins
+cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
+cargo build --workspace --bins "${features[@]}"
 disk "before the tests"
 trap 'disk "at the end"' EXIT
-cargo nextest run --workspace --no-fail-fast
-cargo test --workspace --doc
+cargo nextest run --workspace --no-fail-fast "${features[@]}"
+cargo test --workspace --doc "${features[@]}"

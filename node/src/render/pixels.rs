@@ -308,7 +308,9 @@ fn check_codec(obj: &DefaultDicomObject, attrs: &Attrs) -> Result<(), RenderErro
     if !entry.can_decode_all() {
         let reason = match ts {
             "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => {
-                "JPEG-LS needs the CharLS codec, which is not in this build".to_string()
+                "JPEG-LS needs the CharLS codec, which is not in this build (build with \
+                 `--features jpegls`, which needs cmake and a C++ compiler)"
+                    .to_string()
             }
             _ => format!("no decoder for {} in this build", entry.name()),
         };

@@ -895,7 +895,7 @@ fn transcoded_reference_images_render_identically() {
                 "{tool} {args:?} {name}"
             );
         }
-        // JPEG 2000 lossy decodes; JPEG-LS is refused with its reason
+        // JPEG 2000 lossy decodes
         if let Some(bytes) = transcode(
             dir.path(),
             "gdcmconv",
@@ -904,12 +904,36 @@ fn transcoded_reference_images_render_identically() {
         ) {
             render(&bytes, 0, &RenderOptions::default()).unwrap();
         }
-        if let Some(bytes) = transcode(dir.path(), "dcmcjpls", &[], &input) {
-            let err = render(&bytes, 0, &RenderOptions::default()).unwrap_err();
-            assert!(
-                matches!(&err, RenderError::Unsupported { reason, .. } if reason.contains("CharLS")),
-                "{err}"
-            );
+        // JPEG-LS: lossless renders identically with CharLS (the `jpegls` feature), near-lossless
+        // (NEAR=2) renders; without CharLS both are refused with the reason.
+        for (args, lossless) in [(&[][..], true), (&["+en"][..], false)] {
+            if !lossless && name == "CT1_UNC" {
+                continue; // dcmcjpls encodes signed pixels only losslessly
+            }
+            let Some(bytes) = transcode(dir.path(), "dcmcjpls", args, &input) else {
+                continue;
+            };
+            if cfg!(feature = "jpegls") {
+                if lossless {
+                    assert_eq!(picture(&bytes, 0, None), expected, "JPEG-LS {name}");
+                    assert!(
+                        raw_frame(&bytes, 0).unwrap() == expected_raw,
+                        "JPEG-LS {name}"
+                    );
+                } else {
+                    let diff = mean_difference(&picture(&bytes, 0, None).data, &expected.data);
+                    assert!(
+                        diff < 3.0,
+                        "JPEG-LS near-lossless {name}: mean difference {diff}"
+                    );
+                }
+            } else {
+                let err = render(&bytes, 0, &RenderOptions::default()).unwrap_err();
+                assert!(
+                    matches!(&err, RenderError::Unsupported { reason, .. } if reason.contains("CharLS")),
+                    "{err}"
+                );
+            }
         }
     }
     // 8-bit colour through JPEG baseline (YBR_FULL_422), and back to native YBR_FULL planar
