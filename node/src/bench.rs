@@ -14,7 +14,7 @@ mod dimse;
 mod orthanc;
 mod transfer;
 
-pub use self::dimse::{dimse, DimseBench};
+pub use self::dimse::{dimse, DimseBench, RUNS as DIMSE_RUNS};
 pub use self::transfer::{transfer, TransferBench};
 
 use std::path::Path;

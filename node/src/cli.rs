@@ -353,6 +353,9 @@ pub enum BenchCommand {
         /// Slices of the generated 512x512 CT series, sent in one association.
         #[arg(long, default_value_t = 300)]
         instances: u32,
+        /// Times each receiver is measured (interleaved); the best time of each counts.
+        #[arg(long, default_value_t = crate::bench::DIMSE_RUNS)]
+        runs: usize,
         #[arg(long)]
         json: bool,
     },
@@ -560,8 +563,12 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }
-        Command::Bench(BenchCommand::Dimse { instances, json: _ }) => {
-            let r = crate::bench::dimse(instances).map_err(CliError::Bench)?;
+        Command::Bench(BenchCommand::Dimse {
+            instances,
+            runs,
+            json: _,
+        }) => {
+            let r = crate::bench::dimse(instances, runs).map_err(CliError::Bench)?;
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)
         }
