@@ -328,6 +328,10 @@ pub enum BenchCommand {
         /// Slices of the generated 512x512 CT series.
         #[arg(long, default_value_t = 300)]
         instances: u32,
+        /// Imports (each into a fresh home) and reference measurements, interleaved; the best
+        /// time of each counts.
+        #[arg(long, default_value_t = crate::bench::IMPORT_RUNS)]
+        runs: usize,
         /// Print JSON (the only output format; accepted for symmetry with other commands).
         #[arg(long)]
         json: bool,
@@ -542,9 +546,10 @@ pub fn run(cli: Cli) -> Result<Outcome, CliError> {
         Command::Bench(BenchCommand::Import {
             input,
             instances,
+            runs,
             json: _,
         }) => {
-            let r = crate::bench::import(input.as_deref(), instances, default_workers())
+            let r = crate::bench::import(input.as_deref(), instances, default_workers(), runs)
                 .map_err(CliError::Bench)?;
             output::json(&mut stdout, &r)?;
             Ok(Outcome::Success)

@@ -18,6 +18,13 @@
 //! plaintext hash recorded at import.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+/// The optional Cargo features this library was built with: the test harness builds the
+/// binary under test with the same ones.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "jpegls")]
+    "jpegls",
+];
+
 pub mod background;
 pub mod bench;
 pub mod cli;

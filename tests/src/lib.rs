@@ -74,6 +74,11 @@ fn built(package: &str, name: &str) -> PathBuf {
         if release {
             cmd.arg("--release");
         }
+        // The features the library under test has, or cargo would rebuild the binary without
+        // them (and the end-to-end tests would run another build than the unit tests).
+        if package == "discless" && !discless::FEATURES.is_empty() {
+            cmd.args(["--features", &discless::FEATURES.join(",")]);
+        }
         // Always ask cargo: it is a no-op when the binary is fresh, and it keeps a stale
         // binary from being tested after a library change.
         let status = cmd

@@ -1,7 +1,8 @@
-//! `discless bench transfer --via-relay` end to end at a tiny size: two real `serve` processes
-//! per transport and through a relay's circuit and mailbox, the bare libp2p and TCP references,
-//! and the JSON a script reads. Only the shape and the sanity of the figures are checked, never
-//! wall-clock limits: this machine is shared.
+//! `discless bench …` end to end at tiny sizes: transfer (two real `serve` processes per
+//! transport and through a relay's circuit and mailbox, with the bare libp2p and TCP
+//! references), dimse, serve and import with their references; and the JSON a script reads.
+//! Only the shape and the sanity of the figures are checked, never wall-clock limits: this
+//! machine is shared.
 
 use anyhow::{ensure, Context, Result};
 use discless_tests::bin;
@@ -166,5 +167,40 @@ fn bench_serve_measures_the_node_and_orthanc_at_a_tiny_size() -> Result<()> {
             positive(&v[s], s)?;
         }
     }
+    Ok(())
+}
+
+#[test]
+fn bench_import_measures_the_import_and_its_references_at_a_tiny_size() -> Result<()> {
+    let v = bench_json(&[
+        "bench",
+        "import",
+        "--instances",
+        "4",
+        "--runs",
+        "2",
+        "--json",
+    ])?;
+    ensure!(
+        v["bench"] == "import" && v["instances"] == 4 && v["runs"] == 2,
+        "{v}"
+    );
+    // Four 512x512 16-bit slices.
+    ensure!(
+        positive(&v["bytes"], "bytes")? > 4.0 * 512.0 * 512.0 * 2.0,
+        "{v}"
+    );
+    for field in [
+        "seconds",
+        "instances_per_s",
+        "import_mb_per_s",
+        "raw_seal_mb_per_s",
+        "ratio_to_raw_seal",
+        "plain_write_sync_mb_per_s",
+        "peak_rss_mb",
+    ] {
+        positive(&v[field], field)?;
+    }
+    ensure!(v["meets_targets"].is_boolean(), "{v}");
     Ok(())
 }

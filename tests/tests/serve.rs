@@ -211,3 +211,79 @@ fn an_undecodable_frame_is_a_clean_json_error_and_the_server_stays_up() -> Resul
     assert_eq!(node.studies()?.len(), 1);
     Ok(())
 }
+
+/// The binary under test renders JPEG-LS exactly like the uncompressed original when it has the
+/// `jpegls` feature (the test command builds it so), and refuses it cleanly (501) without.
+#[test]
+fn jpeg_ls_renders_like_its_uncompressed_original_or_is_refused_cleanly() -> Result<()> {
+    let Some(dcmcjpls) = discless_tests::require_tool("/usr/bin/dcmcjpls") else {
+        return Ok(());
+    };
+    let work = tempfile::tempdir()?;
+    let study = StudySpec {
+        study_instance_uid: fx::uid("tests/serve/jpeg-ls"),
+        ..StudySpec::default()
+    };
+    let files = fx::ct_series(
+        &work.path().join("plain"),
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 1, "CT"),
+        1,
+        128,
+        128,
+    )?;
+    let jls_dir = work.path().join("jls");
+    std::fs::create_dir_all(&jls_dir)?;
+    let jls = jls_dir.join("slice.dcm");
+    let status = std::process::Command::new(dcmcjpls)
+        .arg(&files[0])
+        .arg(&jls)
+        .status()?;
+    assert!(status.success(), "dcmcjpls failed");
+    // One node per encoding: both carry the same SOP Instance UID.
+    let rendered = |dir: &Path| -> Result<(String, Vec<u8>)> {
+        let node = Node::init("doctor")?;
+        let (code, r) = node.import(&[dir])?;
+        assert_eq!(code, 0, "{r}");
+        let show = node.json(&["show", &study.study_instance_uid, "--json"])?;
+        let series = &show["series"][0];
+        let served = node.serve(&[])?;
+        let url = format!(
+            "{}/dicomweb/studies/{}/series/{}/instances/{}/frames/1/rendered",
+            served.url,
+            study.study_instance_uid,
+            series["series_instance_uid"].as_str().unwrap_or(""),
+            series["instances"][0]["sop_instance_uid"]
+                .as_str()
+                .unwrap_or("")
+        );
+        let o = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-H",
+                "Accept: image/png",
+                "-w",
+                "\n%{http_code}",
+                &url,
+            ])
+            .output()?;
+        let split = o.stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+        let status = String::from_utf8_lossy(&o.stdout[split + 1..]).to_string();
+        Ok((status, o.stdout[..split].to_vec()))
+    };
+    let (plain_status, plain_png) = rendered(&work.path().join("plain"))?;
+    assert_eq!(plain_status, "200");
+    let (jls_status, jls_body) = rendered(&jls_dir)?;
+    if discless::FEATURES.contains(&"jpegls") {
+        assert_eq!(jls_status, "200", "{}", String::from_utf8_lossy(&jls_body));
+        assert!(jls_body == plain_png, "JPEG-LS rendered other pixels");
+    } else {
+        assert_eq!(jls_status, "501", "{}", String::from_utf8_lossy(&jls_body));
+        let v: serde_json::Value = serde_json::from_slice(&jls_body)?;
+        assert!(
+            v["error"].as_str().is_some_and(|e| e.contains("CharLS")),
+            "{v}"
+        );
+    }
+    Ok(())
+}
