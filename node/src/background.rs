@@ -19,7 +19,7 @@ const NICE: i32 = 10;
 pub struct Stopped;
 
 struct Pool {
-    tx: Mutex<mpsc::Sender<Job>>,
+    tx: mpsc::Sender<Job>,
 }
 
 fn pool() -> &'static Pool {
@@ -37,7 +37,7 @@ fn pool() -> &'static Pool {
                 tracing::error!("cannot start a background thread: {e}");
             }
         }
-        Pool { tx: Mutex::new(tx) }
+        Pool { tx }
     })
 }
 
@@ -67,8 +67,7 @@ pub async fn run<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> R
     let job: Job = Box::new(move || {
         let _ = tx.send(f());
     });
-    let sent = pool().tx.lock().map_err(|_| Stopped)?.send(job);
-    sent.map_err(|_| Stopped)?;
+    pool().tx.send(job).map_err(|_| Stopped)?;
     rx.await.map_err(|_| Stopped)
 }
 

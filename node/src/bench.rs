@@ -113,6 +113,27 @@ pub fn plain_write_sync_mb_per_s(dir: &Path, bytes: u64) -> Result<f64, String> 
     Ok(mb(done, start.elapsed().as_secs_f64()))
 }
 
+/// The benchmarks' input: a generated CT series of `slices` slices of `size`×`size` in `dir`.
+fn generated_ct(
+    dir: &Path,
+    slices: u32,
+    size: u16,
+) -> Result<(discless_fixtures::StudySpec, discless_fixtures::SeriesSpec), String> {
+    let study = discless_fixtures::StudySpec::default();
+    let series = discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
+    discless_fixtures::ct_series(dir, &study, &series, slices, size, size)
+        .map_err(|e| format!("generating the CT series: {e}"))?;
+    Ok((study, series))
+}
+
+/// A fresh store in `dir`, for a benchmark.
+fn bench_store(dir: &Path, role: Role) -> Result<Store, String> {
+    let home = Home::new(dir.to_path_buf());
+    let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", role)
+        .map_err(|e| e.to_string())?;
+    Store::open(&home, keys).map_err(|e| e.to_string())
+}
+
 /// Runs the import benchmark.
 pub fn import(
     input: Option<&Path>,
@@ -125,33 +146,25 @@ pub fn import(
         Some(p) => (p.to_path_buf(), p.display().to_string()),
         None => {
             let dir = scratch.path().join("input");
-            let study = discless_fixtures::StudySpec::default();
-            let series =
-                discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
-            discless_fixtures::ct_series(&dir, &study, &series, slices, 512, 512)
-                .map_err(|e| format!("generating the CT series: {e}"))?;
+            generated_ct(&dir, slices, 512)?;
             (dir, format!("generated CT, {slices} slices of 512x512"))
         }
     };
     // Every run imports into a home of its own, and the homes stay until the end: deleting
     // one makes the next run's file creation slower (ext4 without a journal scans past
     // recently deleted inodes), which would charge the import for the bench's own cleanup.
+    let runs = runs.max(1);
     let (mut seconds, mut raw, mut plain, mut peak) = (f64::MAX, 0f64, 0f64, None::<f64>);
     let mut report = None;
-    for run in 0..runs.max(1) {
-        let home = Home::new(scratch.path().join(format!("home-{run}")));
-        let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", Role::Clinic)
-            .map_err(|e| e.to_string())?;
-        let store = Store::open(&home, keys).map_err(|e| e.to_string())?;
+    for run in 0..runs {
+        let store = bench_store(&scratch.path().join(format!("home-{run}")), Role::Clinic)?;
         reset_peak_rss();
         let start = Instant::now();
         let r = import::import(&store, std::slice::from_ref(&src), workers, &|_| {})
             .map_err(|e| e.to_string())?;
         seconds = seconds.min(start.elapsed().as_secs_f64());
-        peak = match (peak, peak_rss_mb()) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        // The highest peak of any run whose peak could be read.
+        peak = peak.into_iter().chain(peak_rss_mb()).reduce(f64::max);
         if !r.rejected.is_empty() {
             return Err(format!("{} input files were rejected", r.rejected.len()));
         }
@@ -169,7 +182,7 @@ pub fn import(
         instances: report.imported,
         bytes: report.bytes,
         workers,
-        runs: runs.max(1),
+        runs,
         seconds,
         instances_per_s: report.imported as f64 / seconds.max(1e-9),
         import_mb_per_s: import_mbs,
@@ -465,14 +478,8 @@ fn get(url: &str, accept: &str) -> Result<(f64, u64), String> {
 pub fn serve(exe: &Path, slices: u32) -> Result<ServeBench, String> {
     let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let dir = scratch.path().join("input");
-    let study = discless_fixtures::StudySpec::default();
-    let series = discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
-    discless_fixtures::ct_series(&dir, &study, &series, slices, 512, 512)
-        .map_err(|e| format!("generating the CT series: {e}"))?;
-    let home = Home::new(scratch.path().join("home"));
-    let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", Role::Doctor)
-        .map_err(|e| e.to_string())?;
-    let store = Store::open(&home, keys).map_err(|e| e.to_string())?;
+    let (study, series) = generated_ct(&dir, slices, 512)?;
+    let store = bench_store(&scratch.path().join("home"), Role::Doctor)?;
     let report = import::import(&store, std::slice::from_ref(&dir), 2, &|_| {})
         .map_err(|e| e.to_string())?;
     let instances = store

@@ -11,19 +11,25 @@
 import { createServer } from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
+import { parseArgs } from 'node:util';
 import { freshContext, watchProblems } from './chromium.mjs';
 
-const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => {
-    if (a.startsWith('--')) acc.push([a.slice(2), all[i + 1]]);
-    return acc;
-  }, []),
-);
-for (const k of ['dist', 'dicomweb', 'port', 'study', 'expect']) {
-  if (!args[k]) {
-    console.error(`missing --${k}`);
-    process.exit(2);
-  }
+const REQUIRED = ['dist', 'dicomweb', 'port', 'study', 'expect'];
+let args;
+try {
+  args = parseArgs({
+    options: Object.fromEntries(
+      [...REQUIRED, 'out', 'timeout'].map((name) => [name, { type: 'string' }]),
+    ),
+  }).values;
+} catch (err) {
+  console.error(err.message);
+  process.exit(2);
+}
+const missing = REQUIRED.filter((k) => !args[k]);
+if (missing.length > 0) {
+  console.error(`missing ${missing.map((k) => `--${k}`).join(', ')}`);
+  process.exit(2);
 }
 const TIMEOUT = Number(args.timeout ?? 90_000);
 
@@ -85,11 +91,13 @@ function serveDist(dist, port, dicomweb) {
       res.writeHead(200, { 'content-type': TYPES['.js'] });
       return res.end(config);
     }
-    let file = path.join(dist, path.normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, ''));
+    // Anything that is not a file of the dist (or not a valid path) gets the single-page app.
+    let file = path.join(dist, 'index.html');
     try {
-      if (!(await stat(file)).isFile()) throw new Error('not a file');
+      const wanted = path.join(dist, path.normalize(decodeURIComponent(url.pathname)));
+      if (wanted.startsWith(dist + path.sep) && (await stat(wanted)).isFile()) file = wanted;
     } catch {
-      file = path.join(dist, 'index.html');
+      // keep index.html
     }
     try {
       const body = await readFile(file);
@@ -132,7 +140,7 @@ async function drawnStats(page, element) {
 }
 
 const verdict = { ok: false, steps: [], blocked: [], problems: [], frames_requested: 0 };
-const server = await serveDist(args.dist, args.port, args.dicomweb);
+const server = await serveDist(path.resolve(args.dist), args.port, args.dicomweb);
 const origin = `http://127.0.0.1:${args.port}`;
 const browser = await freshContext('ohif', { viewport: { width: 1440, height: 900 } }, TIMEOUT);
 try {

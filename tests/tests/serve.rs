@@ -7,6 +7,33 @@ use anyhow::Result;
 use discless_fixtures::{self as fx, Encoding, Patient, SeriesSpec, StudySpec};
 use discless_tests::{dicom_hashes, python_with, workspace_root, Node};
 
+/// `GET url` through curl, with `Accept: accept` when given: the status code and the body.
+fn get(url: &str, accept: Option<&str>) -> Result<(String, Vec<u8>)> {
+    let mut curl = std::process::Command::new("curl");
+    curl.args(["-s", "-w", "\n%{http_code}"]);
+    if let Some(a) = accept {
+        curl.args(["-H", &format!("Accept: {a}")]);
+    }
+    let out = curl.arg(url).output()?.stdout;
+    let split = out.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&out[split + 1..]).to_string();
+    Ok((status, out[..split].to_vec()))
+}
+
+/// The DICOMweb URL of the first frame of `instance` (an entry of `show --json`), rendered.
+fn rendered_url(
+    base: &str,
+    study: &str,
+    series: &serde_json::Value,
+    instance: &serde_json::Value,
+) -> String {
+    format!(
+        "{base}/dicomweb/studies/{study}/series/{}/instances/{}/frames/1/rendered",
+        series["series_instance_uid"].as_str().unwrap_or(""),
+        instance["sop_instance_uid"].as_str().unwrap_or("")
+    )
+}
+
 fn patient(name: &str, id: &str) -> Patient {
     Patient {
         name: name.into(),
@@ -184,21 +211,12 @@ fn an_undecodable_frame_is_a_clean_json_error_and_the_server_stays_up() -> Resul
     let mut seen = 0;
     for series in show["series"].as_array().cloned().unwrap_or_default() {
         for i in series["instances"].as_array().cloned().unwrap_or_default() {
-            let url = format!(
-                "{}/dicomweb/studies/{}/series/{}/instances/{}/frames/1/rendered",
-                served.url,
-                show["study_instance_uid"].as_str().unwrap_or(""),
-                series["series_instance_uid"].as_str().unwrap_or(""),
-                i["sop_instance_uid"].as_str().unwrap_or("")
-            );
-            let o = std::process::Command::new("curl")
-                .args(["-s", "-w", "\n%{http_code}", &url])
-                .output()?;
-            let text = String::from_utf8_lossy(&o.stdout).to_string();
-            let (body, status) = text.rsplit_once('\n').unwrap_or(("", ""));
+            let study = show["study_instance_uid"].as_str().unwrap_or("");
+            let (status, body) = get(&rendered_url(&served.url, study, &series, &i), None)?;
+            let body = String::from_utf8_lossy(&body).to_string();
             if i["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.51" {
                 assert_eq!(status, "501", "{body}");
-                let v: serde_json::Value = serde_json::from_str(body)?;
+                let v: serde_json::Value = serde_json::from_str(&body)?;
                 assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
                 seen += 1;
             } else {
@@ -248,28 +266,13 @@ fn jpeg_ls_renders_like_its_uncompressed_original_or_is_refused_cleanly() -> Res
         let show = node.json(&["show", &study.study_instance_uid, "--json"])?;
         let series = &show["series"][0];
         let served = node.serve(&[])?;
-        let url = format!(
-            "{}/dicomweb/studies/{}/series/{}/instances/{}/frames/1/rendered",
-            served.url,
-            study.study_instance_uid,
-            series["series_instance_uid"].as_str().unwrap_or(""),
-            series["instances"][0]["sop_instance_uid"]
-                .as_str()
-                .unwrap_or("")
+        let url = rendered_url(
+            &served.url,
+            &study.study_instance_uid,
+            series,
+            &series["instances"][0],
         );
-        let o = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-H",
-                "Accept: image/png",
-                "-w",
-                "\n%{http_code}",
-                &url,
-            ])
-            .output()?;
-        let split = o.stdout.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-        let status = String::from_utf8_lossy(&o.stdout[split + 1..]).to_string();
-        Ok((status, o.stdout[..split].to_vec()))
+        get(&url, Some("image/png"))
     };
     let (plain_status, plain_png) = rendered(&work.path().join("plain"))?;
     assert_eq!(plain_status, "200");

@@ -10,34 +10,39 @@ use anyhow::Result;
 use discless_fixtures::{self as fx, SeriesSpec, StudySpec};
 use discless_tests::{require_tool, workspace_root, Node};
 
-fn browser_ready() -> Option<PathBuf> {
-    require_tool("/usr/bin/chromium")?;
-    let dir = workspace_root().join("tests/browser");
-    if dir.join("node_modules/playwright-core").is_dir() {
-        return Some(dir);
+/// `path` when `present`; otherwise None to skip the test, or a failure under `CI=true`, where
+/// tests/run.sh must have installed `what`.
+fn installed(path: PathBuf, present: bool, what: &str) -> Option<PathBuf> {
+    if present {
+        return Some(path);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "tests/browser/node_modules is missing under CI=true: tests/run.sh runs `npm ci` there"
-        );
+        panic!("{what} is missing under CI=true: tests/run.sh installs it");
     }
-    eprintln!("SKIPPED: run `npm ci` in tests/browser (tests/run.sh does)");
+    eprintln!("SKIPPED: {what} is missing (tests/run.sh installs it)");
     None
 }
 
-#[test]
-fn viewer_scrolls_windows_and_measures_on_phone_and_desktop() -> Result<()> {
-    let Some(browser_dir) = browser_ready() else {
-        return Ok(());
-    };
+fn browser_ready() -> Option<PathBuf> {
+    require_tool("/usr/bin/chromium")?;
+    let dir = workspace_root().join("tests/browser");
+    let present = dir.join("node_modules/playwright-core").is_dir();
+    installed(dir, present, "tests/browser/node_modules (`npm ci`)")
+}
+
+/// OHIF Viewer v3's built `dist/` (npm `@ohif/app`, fetched by tests/run.sh), or None to skip.
+fn ohif_dist(browser_dir: &std::path::Path) -> Option<PathBuf> {
+    let dist = browser_dir.join("ohif/dist");
+    let present = dist.join("index.html").is_file();
+    installed(dist, present, "tests/browser/ohif/dist (OHIF's build)")
+}
+
+/// A doctor's node holding a 24-slice 512×512 CT series of `study`.
+fn node_with_ct(study: &StudySpec) -> Result<Node> {
     let work = tempfile::tempdir()?;
-    let study = StudySpec {
-        study_instance_uid: fx::uid("tests/viewer/ct"),
-        ..StudySpec::default()
-    };
     fx::ct_series(
         work.path(),
-        &study,
+        study,
         &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
         24,
         512,
@@ -46,22 +51,40 @@ fn viewer_scrolls_windows_and_measures_on_phone_and_desktop() -> Result<()> {
     let node = Node::init("doctor")?;
     let (code, r) = node.import(&[work.path()])?;
     assert_eq!(code, 0, "{r}");
-    let served = node.serve(&[])?;
+    Ok(node)
+}
+
+/// Where the browser tests leave their screenshots.
+fn screenshots() -> Result<PathBuf> {
     let shots = workspace_root().join("target/browser-screenshots");
     std::fs::create_dir_all(&shots)?;
-    let out = std::process::Command::new("node")
-        .current_dir(&browser_dir)
-        .arg("viewer.mjs")
-        .args(["--base", &served.url, "--study", &study.study_instance_uid])
-        .arg("--out")
-        .arg(&shots)
-        .output()?;
-    let report = String::from_utf8_lossy(&out.stdout);
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    println!("{report}");
-    assert!(out.status.success(), "viewer checks failed:\n{report}");
-    let v: serde_json::Value = serde_json::from_str(&report)?;
-    assert_eq!(v["ok"], true);
+    Ok(shots)
+}
+
+#[test]
+fn viewer_scrolls_windows_and_measures_on_phone_and_desktop() -> Result<()> {
+    let Some(browser_dir) = browser_ready() else {
+        return Ok(());
+    };
+    let study = StudySpec {
+        study_instance_uid: fx::uid("tests/viewer/ct"),
+        ..StudySpec::default()
+    };
+    let node = node_with_ct(&study)?;
+    let served = node.serve(&[])?;
+    let shots = screenshots()?;
+    run_script(
+        &browser_dir,
+        "viewer.mjs",
+        &[
+            "--base",
+            &served.url,
+            "--study",
+            &study.study_instance_uid,
+            "--out",
+            &shots.to_string_lossy(),
+        ],
+    )?;
     for f in ["viewer-phone.png", "viewer-desktop.png"] {
         assert!(shots.join(f).is_file(), "missing screenshot {f}");
     }
@@ -109,8 +132,7 @@ fn two_nodes_pair_share_and_transfer_through_the_web_ui() -> Result<()> {
     // Slowed down (each blob waits before it is sent), so that the page sees the transfer move.
     let a = clinic.serve_with_env(&[], &[(discless::net::TEST_SEND_DELAY_ENV, "400")])?;
     let b = phone.serve(&[])?;
-    let shots = workspace_root().join("target/browser-screenshots");
-    std::fs::create_dir_all(&shots)?;
+    let shots = screenshots()?;
     run_script(
         &browser_dir,
         "p2p.mjs",
@@ -141,19 +163,6 @@ fn two_nodes_pair_share_and_transfer_through_the_web_ui() -> Result<()> {
     Ok(())
 }
 
-/// OHIF Viewer v3's built `dist/` (npm `@ohif/app`, fetched by tests/run.sh), or None to skip.
-fn ohif_dist(browser_dir: &std::path::Path) -> Option<PathBuf> {
-    let dist = browser_dir.join("ohif/dist");
-    if dist.join("index.html").is_file() {
-        return Some(dist);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("tests/browser/ohif/dist is missing under CI=true: tests/run.sh fetches it");
-    }
-    eprintln!("SKIPPED: OHIF's dist is missing (tests/run.sh fetches it into tests/browser/ohif)");
-    None
-}
-
 /// OHIF, served from another origin, reaches the node through DICOMweb only (CORS): its study
 /// list shows the node's study and a CT series displays (pixels on its canvas).
 #[test]
@@ -164,7 +173,6 @@ fn ohif_lists_the_studies_and_displays_a_ct_series() -> Result<()> {
     let Some(dist) = ohif_dist(&browser_dir) else {
         return Ok(());
     };
-    let work = tempfile::tempdir()?;
     let study = StudySpec {
         study_instance_uid: fx::uid("tests/viewer/ohif"),
         patient: fx::Patient {
@@ -173,25 +181,14 @@ fn ohif_lists_the_studies_and_displays_a_ct_series() -> Result<()> {
         },
         ..StudySpec::default()
     };
-    fx::ct_series(
-        work.path(),
-        &study,
-        &SeriesSpec::new(&study.study_instance_uid, 1, "CT AXIAL"),
-        24,
-        512,
-        512,
-    )?;
-    let node = Node::init("doctor")?;
-    let (code, r) = node.import(&[work.path()])?;
-    assert_eq!(code, 0, "{r}");
+    let node = node_with_ct(&study)?;
     // OHIF's own origin: a port free now, for the script's static server.
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let origin = format!("http://127.0.0.1:{port}");
     let served = node.serve(&["--cors-origin", &origin])?;
-    let shots = workspace_root().join("target/browser-screenshots");
-    std::fs::create_dir_all(&shots)?;
+    let shots = screenshots()?;
     run_script(
         &browser_dir,
         "ohif.mjs",

@@ -21,9 +21,7 @@ use serde::Serialize;
 
 use super::orthanc::{self, Netns, Orthanc};
 use crate::dimse::{self, AllowList};
-use crate::home::Home;
-use crate::keystore::{self, Role};
-use crate::store::Store;
+use crate::keystore::Role;
 
 const STORESCU: &str = "/usr/bin/storescu";
 const STORESCP: &str = "/usr/bin/storescp";
@@ -111,10 +109,7 @@ fn storescu(dir: &Path, aec: &str, port: u16, netns: Option<&Netns>) -> Result<f
 }
 
 fn into_node(dir: &Path, scratch: &Path, run: usize, expected: u64) -> Result<f64, String> {
-    let home = Home::new(scratch.join(format!("home{run}")));
-    let keys = keystore::create(&home.keystore(), b"bench passphrase", "bench", Role::Clinic)
-        .map_err(|e| e.to_string())?;
-    let store = Store::open(&home, keys).map_err(|e| e.to_string())?;
+    let store = super::bench_store(&scratch.join(format!("home{run}")), Role::Clinic)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -202,10 +197,7 @@ pub fn dimse(slices: u32, runs: usize) -> Result<DimseBench, String> {
     }
     let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let input = scratch.path().join("input");
-    let study = discless_fixtures::StudySpec::default();
-    let series = discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
-    discless_fixtures::ct_series(&input, &study, &series, slices, 512, 512)
-        .map_err(|e| format!("generating the CT series: {e}"))?;
+    super::generated_ct(&input, slices, 512)?;
     let (mut instances, mut bytes) = (0u64, 0u64);
     for e in walkdir::WalkDir::new(&input)
         .into_iter()

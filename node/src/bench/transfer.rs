@@ -345,10 +345,7 @@ pub fn transfer(
 ) -> Result<TransferBench, String> {
     let scratch = tempfile::tempdir().map_err(|e| format!("temporary folder: {e}"))?;
     let input = scratch.path().join("input");
-    let study = discless_fixtures::StudySpec::default();
-    let series = discless_fixtures::SeriesSpec::new(&study.study_instance_uid, 1, "BENCH CT");
-    discless_fixtures::ct_series(&input, &study, &series, slices, size, size)
-        .map_err(|e| format!("generating the CT series: {e}"))?;
+    let (study, _) = super::generated_ct(&input, slices, size)?;
     let sender_home = scratch.path().join("sender");
     let input_s = input.display().to_string();
     let launcher = Launcher {

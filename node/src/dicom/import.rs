@@ -478,9 +478,11 @@ pub fn check(store: &Store, src: &Source) -> Result<Checked, ImportError> {
 
 /// [`check`] for an instance already in memory (a received one, shown as `display`): no
 /// file is written or read for it.
-pub fn check_bytes(store: &Store, display: String, bytes: Vec<u8>) -> Result<Checked, ImportError> {
-    let shown = display.clone();
-    checked(&shown, prepare_body(store, display, Body::Memory(bytes)))
+pub fn check_bytes(store: &Store, display: &str, bytes: Vec<u8>) -> Result<Checked, ImportError> {
+    checked(
+        display,
+        prepare_body(store, display.to_owned(), Body::Memory(bytes)),
+    )
 }
 
 fn checked(display: &str, step: Step) -> Result<Checked, ImportError> {

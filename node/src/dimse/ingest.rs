@@ -345,8 +345,9 @@ enum Stage {
 
 /// Blocking: parse and dedupe one spooled instance. What decides the C-STORE status happens
 /// here, so that the answer can go out while the instance is sealed (1.2–1.8 ms for a 512 KiB
-/// slice here, several times the check) and the next one arrives. Sealing after the answer can fail only as a commit
-/// after it can, on the store's disk: the association then answers "out of resources".
+/// slice here, several times the check) and the next one arrives. Sealing after the answer can
+/// fail only as a commit after it can, on the store's disk: the association then answers "out
+/// of resources".
 fn check_one(
     store: &Store,
     spool: Spooled,
@@ -355,7 +356,7 @@ fn check_one(
     let start = std::time::Instant::now();
     let (checked, spool) = match spool {
         Spooled::Memory(bytes) => (
-            import::check_bytes(store, "received instance".into(), bytes)?,
+            import::check_bytes(store, "received instance", bytes)?,
             None,
         ),
         Spooled::File(path) => (
@@ -551,14 +552,19 @@ mod tests {
     use crate::keystore::{self, Role};
     use discless_fixtures::{self as fx, SeriesSpec, StudySpec};
 
+    fn test_store(dir: &std::path::Path) -> (crate::home::Home, Store) {
+        let home = crate::home::Home::new(dir.join("home"));
+        let keys = keystore::create(&home.keystore(), b"pw", "clinic", Role::Clinic).unwrap();
+        let store = Store::open(&home, keys).unwrap();
+        (home, store)
+    }
+
     /// Statuses come from the check before the answer; sealing and committing follow it, and
     /// only what was answered with success (once) is stored.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_come_from_the_check_and_what_was_answered_is_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let home = crate::home::Home::new(dir.path().join("home"));
-        let keys = keystore::create(&home.keystore(), b"pw", "clinic", Role::Clinic).unwrap();
-        let store = Store::open(&home, keys).unwrap();
+        let (_home, store) = test_store(dir.path());
         let study = StudySpec::default();
         let series = SeriesSpec::new(&study.study_instance_uid, 1, "CT");
         let files = fx::ct_series(&dir.path().join("src"), &study, &series, 3, 64, 64).unwrap();
@@ -613,9 +619,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_instance_spills_to_a_file_with_every_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let home = crate::home::Home::new(dir.path().join("home"));
-        let keys = keystore::create(&home.keystore(), b"pw", "clinic", Role::Clinic).unwrap();
-        let store = Store::open(&home, keys).unwrap();
+        let (home, store) = test_store(dir.path());
         let piece: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
 
         let mut small = Spool::new(&store, b"HEAD".to_vec(), 0);

@@ -313,15 +313,13 @@ impl Session {
                     .clone()
                     .unwrap_or_else(|| ctx.abstract_syntax.clone());
                 let sop_instance = rq.affected_sop_instance.clone().unwrap_or_default();
-                let spool = match ingest::file_header(
+                let spool = ingest::file_header(
                     &sop_class,
                     &sop_instance,
                     &ctx.transfer_syntax,
                     &self.calling,
-                ) {
-                    Ok(header) => Ok(Spool::new(&self.store, header, self.last_data_set)),
-                    Err(e) => Err(e),
-                };
+                )
+                .map(|header| Spool::new(&self.store, header, self.last_data_set));
                 self.incoming = Some(match spool {
                     Ok(spool) => Incoming::Store { rq, pc, spool },
                     Err(e) => {
