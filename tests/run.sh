@@ -19,7 +19,7 @@ apt_missing=()
 [ -x /usr/sbin/ip ] || apt_missing+=(iproute2)
 [ -x /usr/sbin/nft ] || apt_missing+=(nftables)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
-# CharLS (JPEG-LS decoding, the `jpegls` feature) builds from C++ source with cmake.
+# GDCM (JPEG-LS and 12-bit lossy JPEG, the `gdcm` feature) builds from C++ source with cmake.
 command -v cmake >/dev/null 2>&1 || apt_missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || apt_missing+=(g++)
 if [ ${#apt_missing[@]} -gt 0 ]; then
@@ -68,7 +68,7 @@ disk() { echo "disk ($1): $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2
 
 # Everything is built and tested with the optional JPEG-LS codec, one feature set for all steps
 # (so nothing is built twice).
-features=(--features discless/jpegls)
+features=(--features discless/gdcm)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"

@@ -21,8 +21,8 @@
 /// The optional Cargo features this library was built with: the test harness builds the
 /// binary under test with the same ones.
 pub const FEATURES: &[&str] = &[
-    #[cfg(feature = "jpegls")]
-    "jpegls",
+    #[cfg(feature = "gdcm")]
+    "gdcm",
 ];
 
 pub mod background;

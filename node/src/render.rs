@@ -30,10 +30,9 @@
 //!
 //! Decoded: native (implicit and explicit little endian, explicit big endian, deflated), RLE
 //! Lossless, JPEG baseline 8-bit, JPEG lossless (.57, .70), JPEG 2000 (.90, .91, pure-Rust
-//! `openjp2`), JPEG-LS (.80, .81) when built with the `jpegls` feature (CharLS, which needs cmake
-//! and C++ to build; the test command builds with it). Refused with
-//! [`RenderError::Unsupported`]: JPEG-LS without that feature, 12-bit lossy JPEG (no pure-Rust
-//! decoder; only GDCM),
+//! `openjp2`); with the `gdcm` feature (GDCM, which needs cmake and C++ to build; the test
+//! command builds with it) also JPEG-LS (.80, .81) and 12-bit lossy JPEG (.51). Refused with
+//! [`RenderError::Unsupported`]: those two without that feature,
 //! JPEG XL, video, float pixel data, segmented palettes. Photometric interpretations:
 //! MONOCHROME1/2, PALETTE COLOR, RGB, YBR_FULL, YBR_FULL_422, YBR_ICT/RCT (JPEG 2000); 1, 8, 16
 //! or 32 bits allocated, signed or not, any number of frames.
@@ -44,6 +43,8 @@
 //! of every target we build for.
 
 mod colour;
+#[cfg(feature = "gdcm")]
+mod gdcm;
 mod grey;
 mod pixels;
 mod resize;

@@ -193,45 +193,74 @@ fn the_cli_works_on_a_home_that_is_being_served_and_serve_stops_cleanly() -> Res
     Ok(())
 }
 
+/// A frame whose JPEG stream is broken answers 422 with a JSON error and the server goes on;
+/// 12-bit lossy JPEG renders when the binary has the `gdcm` feature (the test command builds it
+/// so), else it is refused with 501.
 #[test]
 fn an_undecodable_frame_is_a_clean_json_error_and_the_server_stays_up() -> Result<()> {
     let Some(corpus) = discless_tests::corpus() else {
         eprintln!("SKIPPED: ../shared/corpus is not present");
         return Ok(());
     };
-    // 12-bit lossy JPEG: stored and served byte for byte, but no pure-Rust decoder renders it.
+    // CT1 as JPEG lossless with its stream's SOI marker overwritten: it imports (import does
+    // not decode pixels) but cannot be decoded.
+    let work = tempfile::tempdir()?;
+    let mut broken = std::fs::read(corpus.join("wg04/JPLL/CT1_JPLL"))?;
+    let soi = broken
+        .windows(3)
+        .position(|w| w == [0xFF, 0xD8, 0xFF])
+        .ok_or_else(|| anyhow::anyhow!("no JPEG stream in CT1_JPLL"))?;
+    broken[soi..soi + 2].copy_from_slice(&[0, 0]);
+    let broken_path = work.path().join("CT1_JPLL_broken");
+    std::fs::write(&broken_path, &broken)?;
     let node = Node::init("doctor")?;
     let (code, r) = node.import(&[
         &corpus.join("wg04/JPLY/MR1_JPLY"),
         &corpus.join("wg04/REF/MR1_UNC"),
+        &broken_path,
     ])?;
     assert_eq!(code, 0, "{r}");
-    let show = node.json(&["show", r["studies"][0].as_str().unwrap_or(""), "--json"])?;
     let served = node.serve(&[])?;
-    let mut seen = 0;
-    for series in show["series"].as_array().cloned().unwrap_or_default() {
-        for i in series["instances"].as_array().cloned().unwrap_or_default() {
-            let study = show["study_instance_uid"].as_str().unwrap_or("");
-            let (status, body) = get(&rendered_url(&served.url, study, &series, &i), None)?;
-            let body = String::from_utf8_lossy(&body).to_string();
-            if i["transfer_syntax_uid"] == "1.2.840.10008.1.2.4.51" {
-                assert_eq!(status, "501", "{body}");
-                let v: serde_json::Value = serde_json::from_str(&body)?;
-                assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
-                seen += 1;
-            } else {
-                assert_eq!(status, "200", "{body}");
+    let (mut broken_seen, mut jpeg12_seen) = (0, 0);
+    for study in r["studies"].as_array().cloned().unwrap_or_default() {
+        let show = node.json(&["show", study.as_str().unwrap_or(""), "--json"])?;
+        let study = show["study_instance_uid"].as_str().unwrap_or("");
+        for series in show["series"].as_array().cloned().unwrap_or_default() {
+            for i in series["instances"].as_array().cloned().unwrap_or_default() {
+                let (status, body) = get(&rendered_url(&served.url, study, &series, &i), None)?;
+                let body = String::from_utf8_lossy(&body).to_string();
+                let error = || -> Result<String> {
+                    let v: serde_json::Value = serde_json::from_str(&body)?;
+                    Ok(v["error"].as_str().unwrap_or_default().to_string())
+                };
+                match i["transfer_syntax_uid"].as_str() {
+                    Some("1.2.840.10008.1.2.4.70") => {
+                        assert_eq!(status, "422", "{body}");
+                        assert!(error()?.contains("could not decode pixel data"), "{body}");
+                        broken_seen += 1;
+                    }
+                    Some("1.2.840.10008.1.2.4.51") if !discless::FEATURES.contains(&"gdcm") => {
+                        assert_eq!(status, "501", "{body}");
+                        assert!(error()?.contains("needs GDCM"), "{body}");
+                        jpeg12_seen += 1;
+                    }
+                    Some("1.2.840.10008.1.2.4.51") => {
+                        assert_eq!(status, "200", "{body}");
+                        jpeg12_seen += 1;
+                    }
+                    _ => assert_eq!(status, "200", "{body}"),
+                }
             }
         }
     }
-    assert!(seen > 0, "no 12-bit JPEG instance found in {show}");
+    assert_eq!((broken_seen, jpeg12_seen), (1, 1), "{r}");
     // Still serving.
-    assert_eq!(node.studies()?.len(), 1);
+    assert_eq!(node.studies()?.len(), 2);
     Ok(())
 }
 
 /// The binary under test renders JPEG-LS exactly like the uncompressed original when it has the
-/// `jpegls` feature (the test command builds it so), and refuses it cleanly (501) without.
+/// `gdcm` feature (the test command builds it so), and refuses it cleanly (501) without.
 #[test]
 fn jpeg_ls_renders_like_its_uncompressed_original_or_is_refused_cleanly() -> Result<()> {
     let Some(dcmcjpls) = discless_tests::require_tool("/usr/bin/dcmcjpls") else {
@@ -277,14 +306,16 @@ fn jpeg_ls_renders_like_its_uncompressed_original_or_is_refused_cleanly() -> Res
     let (plain_status, plain_png) = rendered(&work.path().join("plain"))?;
     assert_eq!(plain_status, "200");
     let (jls_status, jls_body) = rendered(&jls_dir)?;
-    if discless::FEATURES.contains(&"jpegls") {
+    if discless::FEATURES.contains(&"gdcm") {
         assert_eq!(jls_status, "200", "{}", String::from_utf8_lossy(&jls_body));
         assert!(jls_body == plain_png, "JPEG-LS rendered other pixels");
     } else {
         assert_eq!(jls_status, "501", "{}", String::from_utf8_lossy(&jls_body));
         let v: serde_json::Value = serde_json::from_slice(&jls_body)?;
         assert!(
-            v["error"].as_str().is_some_and(|e| e.contains("CharLS")),
+            v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("JPEG-LS needs GDCM")),
             "{v}"
         );
     }

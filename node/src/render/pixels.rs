@@ -264,13 +264,17 @@ pub(super) fn decode_frame(
     if !attrs.encapsulated && attrs.photometric == "YBR_FULL_422" {
         return native_ybr422(obj, attrs, frame);
     }
-    check_codec(obj, attrs)?;
-    let decoded = catch_unwind(AssertUnwindSafe(|| {
-        obj.decode_pixel_data_frame(frame).map(|px| px.into_data())
+    let codec = check_codec(obj, attrs)?;
+    let decoded = catch_unwind(AssertUnwindSafe(|| match codec {
+        Codec::Registry => obj
+            .decode_pixel_data_frame(frame)
+            .map(|px| px.into_data())
+            .map_err(|e| RenderError::Decode(error_chain(&e))),
+        #[cfg(feature = "gdcm")]
+        Codec::Gdcm => super::gdcm::decode(obj, attrs, frame),
     }));
     let mut data = match decoded {
-        Ok(Ok(data)) => data,
-        Ok(Err(e)) => return Err(RenderError::Decode(error_chain(&e))),
+        Ok(result) => result?,
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -298,33 +302,57 @@ pub(super) fn decode_frame(
     })
 }
 
-/// Refuses, with the reason, what the registry has no decoder for, and 12-bit lossy JPEG,
-/// whose decoder would fail with a less helpful message.
-fn check_codec(obj: &DefaultDicomObject, attrs: &Attrs) -> Result<(), RenderError> {
+/// Which decoder takes a frame.
+#[derive(Debug, Clone, Copy)]
+enum Codec {
+    /// dicom-pixeldata, through the transfer syntax registry.
+    Registry,
+    /// GDCM, for JPEG-LS and 12-bit lossy JPEG.
+    #[cfg(feature = "gdcm")]
+    Gdcm,
+}
+
+/// Picks the decoder, or refuses with the reason what this build has no decoder for (12-bit
+/// lossy JPEG included, which the registry's JPEG decoder would refuse with a less helpful
+/// message).
+fn check_codec(obj: &DefaultDicomObject, attrs: &Attrs) -> Result<Codec, RenderError> {
     let ts = attrs.transfer_syntax.as_str();
+    #[cfg(feature = "gdcm")]
+    if super::gdcm::JPEG_LS.contains(&ts) {
+        return Ok(Codec::Gdcm);
+    }
     let Some(entry) = TransferSyntaxRegistry.get(ts) else {
         return Err(attrs.unsupported("unknown transfer syntax".into()));
     };
     if !entry.can_decode_all() {
         let reason = match ts {
             "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => {
-                "JPEG-LS needs the CharLS codec, which is not in this build (build with \
-                 `--features jpegls`, which needs cmake and a C++ compiler)"
+                "JPEG-LS needs GDCM, which is not in this build (build with `--features gdcm`, \
+                 which needs cmake and a C++ compiler)"
                     .to_string()
             }
             _ => format!("no decoder for {} in this build", entry.name()),
         };
         return Err(attrs.unsupported(reason));
     }
-    if JPEG_LOSSY.contains(&ts) {
-        let precision = first_fragment(obj).and_then(jpeg_precision);
-        if let Some(bits) = precision.filter(|bits| *bits > 8) {
-            return Err(
-                attrs.unsupported(format!("{bits}-bit lossy JPEG has no pure-Rust decoder"))
-            );
-        }
+    let jpeg_bits = JPEG_LOSSY
+        .contains(&ts)
+        .then(|| first_fragment(obj).and_then(jpeg_frame_header))
+        .flatten()
+        .map(|header| header.precision)
+        .filter(|bits| *bits > 8);
+    #[cfg(feature = "gdcm")]
+    if jpeg_bits.is_some() {
+        return Ok(Codec::Gdcm);
     }
-    Ok(())
+    #[cfg(not(feature = "gdcm"))]
+    if let Some(bits) = jpeg_bits {
+        return Err(attrs.unsupported(format!(
+            "{bits}-bit lossy JPEG needs GDCM, which is not in this build (build with \
+             `--features gdcm`, which needs cmake and a C++ compiler)"
+        )));
+    }
+    Ok(Codec::Registry)
 }
 
 /// What the codec leaves: JPEG lossy and JPEG 2000 (YBR_ICT/RCT) output RGB; lossless codecs
@@ -348,8 +376,18 @@ fn first_fragment(obj: &InMemDicomObject) -> Option<&[u8]> {
     }
 }
 
-/// Sample precision from the first SOF marker of a JPEG stream.
-fn jpeg_precision(stream: &[u8]) -> Option<u8> {
+/// What a JPEG frame header (SOF) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct JpegFrameHeader {
+    /// Sample precision in bits.
+    pub(super) precision: u8,
+    pub(super) height: u16,
+    pub(super) width: u16,
+    pub(super) components: u8,
+}
+
+/// The first frame header (SOF marker) of a JPEG or JPEG-LS stream.
+pub(super) fn jpeg_frame_header(stream: &[u8]) -> Option<JpegFrameHeader> {
     let mut at = 2; // after SOI
     while at + 4 < stream.len() {
         if stream[at] != 0xFF {
@@ -361,8 +399,15 @@ fn jpeg_precision(stream: &[u8]) -> Option<u8> {
             continue;
         }
         let len = usize::from(u16::from_be_bytes([stream[at + 2], stream[at + 3]]));
-        if matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
-            return stream.get(at + 4).copied();
+        // SOF0–SOF15 but DHT, JPG and DAC; SOF55 (JPEG-LS).
+        if matches!(marker, 0xC0..=0xCF | 0xF7) && !matches!(marker, 0xC4 | 0xC8 | 0xCC) {
+            let sof = stream.get(at + 4..at + 10)?;
+            return Some(JpegFrameHeader {
+                precision: sof[0],
+                height: u16::from_be_bytes([sof[1], sof[2]]),
+                width: u16::from_be_bytes([sof[3], sof[4]]),
+                components: sof[5],
+            });
         }
         at += 2 + len;
     }
