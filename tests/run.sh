@@ -19,9 +19,11 @@ apt_missing=()
 [ -x /usr/sbin/ip ] || apt_missing+=(iproute2)
 [ -x /usr/sbin/nft ] || apt_missing+=(nftables)
 command -v node >/dev/null 2>&1 || apt_missing+=(nodejs npm)
-# GDCM (JPEG-LS and 12-bit lossy JPEG, the `gdcm` feature) builds from C++ source with cmake.
+# GDCM (JPEG-LS and 12-bit lossy JPEG, the `gdcm` feature) builds from C++ source with cmake;
+# libjpeg-turbo (the `turbojpeg` feature) with cmake and nasm, for its SIMD code.
 command -v cmake >/dev/null 2>&1 || apt_missing+=(cmake)
 command -v c++ >/dev/null 2>&1 || apt_missing+=(g++)
+command -v nasm >/dev/null 2>&1 || apt_missing+=(nasm)
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "installing: ${apt_missing[*]}"
   sudo_if_needed apt-get update -qq
@@ -68,7 +70,7 @@ disk() { echo "disk ($1): $(df -h --output=avail "${CARGO_TARGET_DIR:-target}" 2
 
 # Everything is built and tested with the optional JPEG-LS codec, one feature set for all steps
 # (so nothing is built twice).
-features=(--features discless/gdcm)
+features=(--features discless/gdcm,discless/turbojpeg)
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets "${features[@]}" -- -D warnings
 cargo build --workspace --bins "${features[@]}"

@@ -11,7 +11,7 @@
 //! reported with the instance it belongs to and nothing half-written is left under a final name.
 
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -241,42 +241,85 @@ pub fn decrypt_into(
     inst: &InstanceRecord,
     w: &mut impl Write,
 ) -> Result<(), ExportError> {
-    let corrupt = |reason: String| ExportError::Corrupt {
+    let f = open_blob(store, inst)?;
+    let opened = blob::open(
+        key,
+        blob_context(inst),
+        io::BufReader::with_capacity(1 << 20, f),
+        w,
+    )
+    .map_err(|e| blob_error(inst, e))?;
+    check_opened(inst, &opened)
+}
+
+/// One instance's plaintext in memory, with the checks of [`decrypt_into`] but decrypted in
+/// place (see [`blob::open_in_memory`]): for callers that hold a whole instance anyway.
+pub fn decrypt_to_vec(
+    store: &Store,
+    key: &crate::crypto::SecretKey,
+    inst: &InstanceRecord,
+) -> Result<Vec<u8>, ExportError> {
+    let mut f = open_blob(store, inst)?;
+    let mut sealed = Vec::new();
+    f.read_to_end(&mut sealed)
+        .map_err(io_at(&store.blobs().path(&inst.blob_id)))?;
+    let (plaintext, opened) =
+        blob::open_in_memory(key, blob_context(inst), sealed).map_err(|e| blob_error(inst, e))?;
+    check_opened(inst, &opened)?;
+    Ok(plaintext)
+}
+
+fn open_blob(store: &Store, inst: &InstanceRecord) -> Result<std::fs::File, ExportError> {
+    store.blobs().open(&inst.blob_id).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            ExportError::MissingBlob {
+                sop: inst.sop_instance_uid.clone(),
+                series: inst.series_instance_uid.clone(),
+                blob: inst.blob_id.clone(),
+            }
+        } else {
+            io_at(&store.blobs().path(&inst.blob_id))(e)
+        }
+    })
+}
+
+fn blob_context(inst: &InstanceRecord) -> blob::Context<'_> {
+    blob::Context {
+        study_uid: &inst.study_instance_uid,
+        sop_instance_uid: &inst.sop_instance_uid,
+    }
+}
+
+fn corrupt(inst: &InstanceRecord, reason: String) -> ExportError {
+    ExportError::Corrupt {
         sop: inst.sop_instance_uid.clone(),
         series: inst.series_instance_uid.clone(),
         blob: inst.blob_id.clone(),
         reason,
-    };
-    let f = match store.blobs().open(&inst.blob_id) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(ExportError::MissingBlob {
-                sop: inst.sop_instance_uid.clone(),
-                series: inst.series_instance_uid.clone(),
-                blob: inst.blob_id.clone(),
-            })
-        }
-        Err(e) => return Err(io_at(&store.blobs().path(&inst.blob_id))(e)),
-    };
-    let ctx = blob::Context {
-        study_uid: &inst.study_instance_uid,
-        sop_instance_uid: &inst.sop_instance_uid,
-    };
-    let opened =
-        blob::open(key, ctx, io::BufReader::with_capacity(1 << 20, f), w).map_err(|e| match e {
-            blob::BlobError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => {
-                ExportError::Io {
-                    path: PathBuf::from(&inst.sop_instance_uid),
-                    source: io,
-                }
-            }
-            other => corrupt(other.to_string()),
-        })?;
+    }
+}
+
+fn blob_error(inst: &InstanceRecord, e: blob::BlobError) -> ExportError {
+    match e {
+        blob::BlobError::Io(io) if io.kind() != io::ErrorKind::UnexpectedEof => ExportError::Io {
+            path: PathBuf::from(&inst.sop_instance_uid),
+            source: io,
+        },
+        other => corrupt(inst, other.to_string()),
+    }
+}
+
+/// The opened blob is the one recorded: its id and its plaintext's hash.
+fn check_opened(inst: &InstanceRecord, opened: &blob::Sealed) -> Result<(), ExportError> {
     if opened.blob_id.to_hex().as_str() != inst.blob_id {
-        return Err(corrupt("its content hash does not match its id".into()));
+        return Err(corrupt(
+            inst,
+            "its content hash does not match its id".into(),
+        ));
     }
     if opened.plaintext_hash.to_hex().as_str() != inst.plaintext_hash {
         return Err(corrupt(
+            inst,
             "the decrypted bytes differ from those recorded at import".into(),
         ));
     }

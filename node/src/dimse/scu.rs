@@ -355,8 +355,7 @@ fn decrypt(store: &Store, inst: &InstanceRecord) -> Result<Plain, String> {
         .map_err(|e| e.to_string())?
         .ok_or("the study key is missing")?;
     if inst.size <= IN_MEMORY {
-        let mut v = Vec::with_capacity(inst.size as usize);
-        export::decrypt_into(store, &key, inst, &mut v).map_err(|e| e.to_string())?;
+        let v = export::decrypt_to_vec(store, &key, inst).map_err(|e| e.to_string())?;
         Ok(Plain::Memory(io::Cursor::new(v)))
     } else {
         let (file, path) = store

@@ -36,9 +36,7 @@ pub(super) fn instance_bytes(store: &Store, inst: &InstanceRecord) -> ApiResult<
     let key = store
         .study_key(&inst.study_instance_uid, false)?
         .ok_or_else(|| ApiError::internal("study key missing"))?;
-    let mut out = Vec::with_capacity(inst.size as usize);
-    export::decrypt_into(store, &key, inst, &mut out)?;
-    Ok(out)
+    Ok(export::decrypt_to_vec(store, &key, inst)?)
 }
 
 #[derive(Serialize)]
