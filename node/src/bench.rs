@@ -316,6 +316,8 @@ pub struct ServeBench {
     /// Orthanc's median over ours (above 1: we are faster).
     pub speedup_rendered_png: Option<f64>,
     pub speedup_rendered_jpeg: Option<f64>,
+    pub speedup_rendered_png_again: Option<f64>,
+    pub speedup_rendered_jpeg_again: Option<f64>,
     pub speedup_series_metadata: Option<f64>,
     pub target_speedup: f64,
     pub target_first_image_ms: f64,
@@ -325,8 +327,12 @@ pub struct ServeBench {
 #[derive(Debug, Serialize, serde::Deserialize)]
 pub struct ServeFigures {
     pub first_image_ms: f64,
+    /// Frames asked for the first time.
     pub rendered_png: Latency,
     pub rendered_jpeg: Latency,
+    /// Frames asked for again, in the other format, right after.
+    pub rendered_png_again: Latency,
+    pub rendered_jpeg_again: Latency,
     pub wado_study_mb_per_s: f64,
     pub qido_study_search: Latency,
     pub series_metadata: Latency,
@@ -350,27 +356,29 @@ pub fn measure(base: &str, t: &ServeTarget) -> Result<ServeFigures, String> {
         .instances
         .get(t.instances.len() / 2)
         .ok_or("no instances to measure")?;
-    let (first, _) = get(&frame_url(mid), "image/png")?;
-    let mut png = Vec::new();
-    let mut jpeg = Vec::new();
-    for i in t.instances.iter().take(100) {
-        png.push(
-            get(
-                &format!("{}?window=40,400,linear", frame_url(i)),
-                "image/png",
-            )?
-            .0,
-        );
-        jpeg.push(
-            get(
-                &format!("{}?window=40,400,linear", frame_url(i)),
-                "image/jpeg",
-            )?
-            .0,
-        );
+    // One agent, so connections are kept alive as a browser keeps them (a use-once agent
+    // would add a TCP handshake to every figure, on both servers).
+    let agent = ureq::Agent::new_with_defaults();
+    let (first, _) = get(&agent, &frame_url(mid), "image/png")?;
+    // Each frame is asked for twice, as a viewer does (a PNG and a JPEG, or another window):
+    // first cold, then again. Half the frames start with the PNG and half with the JPEG, so
+    // that each format has cold and repeated figures; both servers keep recent instances in
+    // memory (Orthanc its storage cache, the node its plaintext cache).
+    let (mut png, mut jpeg, mut png_again, mut jpeg_again) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (n, i) in t.instances.iter().take(200).enumerate() {
+        let url = format!("{}?window=40,400,linear", frame_url(i));
+        if n % 2 == 0 {
+            png.push(get(&agent, &url, "image/png")?.0);
+            jpeg_again.push(get(&agent, &url, "image/jpeg")?.0);
+        } else {
+            jpeg.push(get(&agent, &url, "image/jpeg")?.0);
+            png_again.push(get(&agent, &url, "image/png")?.0);
+        }
     }
     let start = Instant::now();
     let (_, n) = get(
+        &agent,
         &format!("{base}/studies/{st}"),
         "multipart/related; type=\"application/dicom\"",
     )?;
@@ -379,6 +387,7 @@ pub fn measure(base: &str, t: &ServeTarget) -> Result<ServeFigures, String> {
     for _ in 0..50 {
         qido.push(
             get(
+                &agent,
                 &format!("{base}/studies?StudyInstanceUID={st}"),
                 "application/dicom+json",
             )?
@@ -389,6 +398,7 @@ pub fn measure(base: &str, t: &ServeTarget) -> Result<ServeFigures, String> {
     for _ in 0..10 {
         meta.push(
             get(
+                &agent,
                 &format!("{base}/studies/{st}/series/{se}/metadata"),
                 "application/dicom+json",
             )?
@@ -399,6 +409,8 @@ pub fn measure(base: &str, t: &ServeTarget) -> Result<ServeFigures, String> {
         first_image_ms: first,
         rendered_png: latency(png),
         rendered_jpeg: latency(jpeg),
+        rendered_png_again: latency(png_again),
+        rendered_jpeg_again: latency(jpeg_again),
         wado_study_mb_per_s: wado,
         qido_study_search: latency(qido),
         series_metadata: latency(meta),
@@ -462,9 +474,10 @@ fn run_ok(mut cmd: std::process::Command, what: &str) -> Result<std::process::Ou
     }
 }
 
-fn get(url: &str, accept: &str) -> Result<(f64, u64), String> {
+fn get(agent: &ureq::Agent, url: &str, accept: &str) -> Result<(f64, u64), String> {
     let t = Instant::now();
-    let mut r = ureq::get(url)
+    let mut r = agent
+        .get(url)
         .header("Accept", accept)
         .call()
         .map_err(|e| format!("GET {url}: {e}"))?;
@@ -527,6 +540,8 @@ pub fn serve(exe: &Path, slices: u32) -> Result<ServeBench, String> {
         study_bytes: report.bytes,
         speedup_rendered_png: speedup(|f| f.rendered_png.median_ms),
         speedup_rendered_jpeg: speedup(|f| f.rendered_jpeg.median_ms),
+        speedup_rendered_png_again: speedup(|f| f.rendered_png_again.median_ms),
+        speedup_rendered_jpeg_again: speedup(|f| f.rendered_jpeg_again.median_ms),
         speedup_series_metadata: speedup(|f| f.series_metadata.median_ms),
         node: ours,
         orthanc: theirs,

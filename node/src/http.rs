@@ -17,6 +17,7 @@
 
 mod api;
 mod auth;
+mod cache;
 mod control;
 mod dicomweb;
 mod error;
@@ -79,17 +80,25 @@ struct StateInner {
     net: Option<crate::net::Handle>,
     /// Whether requests need the token (the server listens beyond loopback).
     remote: bool,
+    plaintexts: cache::PlaintextCache,
+}
+
+impl StateInner {
+    fn new(token: String, remote: bool, net: Option<crate::net::Handle>) -> Self {
+        Self {
+            token,
+            net,
+            remote,
+            plaintexts: cache::PlaintextCache::new(cache::DEFAULT_BYTES),
+        }
+    }
 }
 
 impl AppState {
     pub fn new(store: Store, token: String, remote: bool) -> Self {
         Self {
             store,
-            inner: Arc::new(StateInner {
-                token,
-                remote,
-                net: None,
-            }),
+            inner: Arc::new(StateInner::new(token, remote, None)),
         }
     }
 
@@ -97,11 +106,11 @@ impl AppState {
     pub fn with_net(self, net: Option<crate::net::Handle>) -> Self {
         Self {
             store: self.store,
-            inner: Arc::new(StateInner {
-                token: self.inner.token.clone(),
-                remote: self.inner.remote,
+            inner: Arc::new(StateInner::new(
+                self.inner.token.clone(),
+                self.inner.remote,
                 net,
-            }),
+            )),
         }
     }
 
@@ -113,6 +122,9 @@ impl AppState {
     }
     pub(crate) fn remote(&self) -> bool {
         self.inner.remote
+    }
+    pub(crate) fn plaintexts(&self) -> &cache::PlaintextCache {
+        &self.inner.plaintexts
     }
 }
 

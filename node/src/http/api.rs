@@ -31,6 +31,15 @@ pub(super) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&store)).await?
 }
 
+/// [`blocking`] for work that needs more of the state than the store.
+pub(super) async fn blocking_with_state<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&AppState) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(&state)).await?
+}
+
 /// The plaintext of one stored instance, verified (blob id and plaintext hash).
 pub(super) fn instance_bytes(store: &Store, inst: &InstanceRecord) -> ApiResult<Vec<u8>> {
     let key = store

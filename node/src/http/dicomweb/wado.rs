@@ -5,7 +5,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::super::api::{blocking, instance_bytes};
+use super::super::api::{blocking, blocking_with_state, instance_bytes};
+use super::super::cache::Plaintext;
 use super::super::{ApiError, ApiResult, AppState};
 use super::base_url;
 use super::multipart::{self, BodyWriter};
@@ -207,13 +208,21 @@ fn render_error(e: render::RenderError) -> ApiError {
     }
 }
 
-/// One instance's plaintext, by its full WADO path.
-fn load(store: &Store, study: &str, series: &str, sop: &str) -> ApiResult<Vec<u8>> {
-    let inst = store
+/// One instance's plaintext, by its full WADO path, through the server's cache.
+fn load(state: &AppState, study: &str, series: &str, sop: &str) -> ApiResult<Plaintext> {
+    let inst = state
+        .store
         .instance(sop)?
         .filter(|i| i.study_instance_uid == study && i.series_instance_uid == series)
         .ok_or_else(|| ApiError::not_found("no such instance"))?;
-    instance_bytes(store, &inst)
+    cached(state, &inst)
+}
+
+/// One instance's plaintext through the server's cache.
+fn cached(state: &AppState, inst: &InstanceRecord) -> ApiResult<Plaintext> {
+    state
+        .plaintexts()
+        .get_or_load(&inst.blob_id, || instance_bytes(&state.store, inst))
 }
 
 /// Frames as uncompressed pixel data: multipart of `application/octet-stream` parts, or a bare
@@ -226,8 +235,8 @@ pub(super) async fn frames(
     let frames = frame_list(&list)?;
     let acc = accept(&headers);
     let bare = frames.len() == 1 && acc.starts_with("application/octet-stream");
-    blocking(&state, move |store| {
-        let bytes = load(store, &study, &series, &sop)?;
+    blocking_with_state(&state, move |state| {
+        let bytes = load(state, &study, &series, &sop)?;
         let zero_based: Vec<u32> = frames.iter().map(|f| f - 1).collect();
         let mut parts = render::raw_frames(&bytes, &zero_based).map_err(render_error)?;
         if bare {
@@ -341,8 +350,8 @@ async fn rendered(
     q: RenderQuery,
 ) -> ApiResult<Response> {
     let opts = options(&q, &headers, false)?;
-    blocking(&state, move |store| {
-        let bytes = load(store, &study, &series, &sop)?;
+    blocking_with_state(&state, move |state| {
+        let bytes = load(state, &study, &series, &sop)?;
         let img = render::render(&bytes, frame, &opts).map_err(render_error)?;
         Ok(image_response(img, &opts))
     })
@@ -386,13 +395,13 @@ async fn thumbnail(
     if opts.viewport.is_none() {
         opts.viewport = Some((128, 128));
     }
-    blocking(&state, move |store| {
-        let v = select(store, &study, series.as_deref(), sop.as_deref())?;
+    blocking_with_state(&state, move |state| {
+        let v = select(&state.store, &study, series.as_deref(), sop.as_deref())?;
         let images: Vec<&InstanceRecord> = v.iter().filter(|i| i.rows.is_some()).collect();
         let inst = images
             .get(images.len() / 2)
             .ok_or_else(|| ApiError::not_found("no image in this selection"))?;
-        let bytes = instance_bytes(store, inst)?;
+        let bytes = cached(state, inst)?;
         let img = render::render(&bytes, 0, &opts).map_err(render_error)?;
         Ok(image_response(img, &opts))
     })
@@ -434,8 +443,8 @@ pub(super) async fn bulkdata(
     let t =
         u32::from_str_radix(&tag, 16).map_err(|_| ApiError::bad_request("tag is 8 hex digits"))?;
     let tag = dicom_core::Tag((t >> 16) as u16, (t & 0xffff) as u16);
-    blocking(&state, move |store| {
-        let bytes = load(store, &study, &series, &sop)?;
+    blocking_with_state(&state, move |state| {
+        let bytes = load(state, &study, &series, &sop)?;
         let body = if tag == dicom_dictionary_std::tags::PIXEL_DATA {
             let info = render::info(&bytes).map_err(render_error)?;
             let all: Vec<u32> = (0..info.frames.max(1)).collect();

@@ -1,0 +1,151 @@
+//! Recently viewed instances' plaintext, kept in memory while the server runs.
+//!
+//! A viewer asks for the same slice again and again: a PNG and then a JPEG of it, every step of
+//! a window/level drag, the slices around it while scrolling back and forth, its raw frame for
+//! client-side rendering. Each time the instance would be read, decrypted and checked again
+//! (0.75 ms for a 512 KiB CT slice, about as much as the rendering itself). Orthanc keeps a
+//! storage cache for the same reason.
+//!
+//! Only verified plaintext goes in (blob id and plaintext hash checked), keyed by blob id: a
+//! content address, so an entry can never stand for other bytes. The memory is bounded and the
+//! least recently used entries go first; an instance larger than a quarter of the budget is
+//! never kept (one large multi-frame object would flush everything else). The plaintext is
+//! zeroed when its last user drops it, so it does not linger in freed memory.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use zeroize::Zeroizing;
+
+/// Cached plaintext, shared with the requests that use it.
+pub(crate) type Plaintext = Arc<Zeroizing<Vec<u8>>>;
+
+/// Memory for cached plaintext: 128 slices of a 512×512 CT.
+pub(crate) const DEFAULT_BYTES: usize = 64 << 20;
+
+/// A bounded least-recently-used map from blob id to plaintext.
+#[derive(Debug)]
+pub(crate) struct PlaintextCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    entries: HashMap<String, Entry>,
+    bytes: usize,
+    /// Incremented on every use; an entry's `used` is the tick of its last use.
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    plaintext: Plaintext,
+    used: u64,
+}
+
+impl PlaintextCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The plaintext of blob `blob_id`, from the cache or else from `load`, which is then kept.
+    /// `load` runs outside the lock: two requests for the same new instance may both load it.
+    pub(crate) fn get_or_load<E>(
+        &self,
+        blob_id: &str,
+        load: impl FnOnce() -> Result<Vec<u8>, E>,
+    ) -> Result<Plaintext, E> {
+        if let Some(hit) = self.get(blob_id) {
+            return Ok(hit);
+        }
+        let plaintext = Arc::new(Zeroizing::new(load()?));
+        self.insert(blob_id, plaintext.clone());
+        Ok(plaintext)
+    }
+
+    fn get(&self, blob_id: &str) -> Option<Plaintext> {
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.tick += 1;
+        let tick = inner.tick;
+        let entry = inner.entries.get_mut(blob_id)?;
+        entry.used = tick;
+        Some(entry.plaintext.clone())
+    }
+
+    fn insert(&self, blob_id: &str, plaintext: Plaintext) {
+        let len = plaintext.len();
+        if len > self.capacity / 4 {
+            return;
+        }
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.tick += 1;
+        let used = inner.tick;
+        if let Some(old) = inner
+            .entries
+            .insert(blob_id.to_string(), Entry { plaintext, used })
+        {
+            inner.bytes -= old.plaintext.len();
+        }
+        inner.bytes += len;
+        // A scan for the oldest: the cache holds at most a few hundred entries.
+        while inner.bytes > self.capacity {
+            let Some(oldest) = inner
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.used)
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            if let Some(gone) = inner.entries.remove(&oldest) {
+                inner.bytes -= gone.plaintext.len();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(n: usize) -> impl FnOnce() -> Result<Vec<u8>, ()> {
+        move || Ok(vec![7; n])
+    }
+
+    #[test]
+    fn hits_skip_the_load_and_the_least_recently_used_goes_first() {
+        let cache = PlaintextCache::new(240);
+        let a = cache.get_or_load("a", load(60)).unwrap();
+        cache.get_or_load("b", load(60)).unwrap();
+        cache.get_or_load("c", load(60)).unwrap();
+        // A hit returns the same allocation and never calls the loader.
+        let again = cache
+            .get_or_load("a", || -> Result<Vec<u8>, ()> { panic!("loaded again") })
+            .unwrap();
+        assert!(Arc::ptr_eq(&a, &again));
+        // 4 × 60 fits; 10 more does not, and "b", the least recently used, goes.
+        cache.get_or_load("d", load(60)).unwrap();
+        cache.get_or_load("e", load(10)).unwrap();
+        let inner = cache.inner.lock().unwrap();
+        let mut ids: Vec<_> = inner.entries.keys().cloned().collect();
+        ids.sort();
+        assert_eq!(ids, ["a", "c", "d", "e"]);
+        assert_eq!(inner.bytes, 190);
+    }
+
+    #[test]
+    fn large_instances_and_failed_loads_are_not_kept() {
+        let cache = PlaintextCache::new(100);
+        assert_eq!(cache.get_or_load("big", load(26)).unwrap().len(), 26);
+        assert!(cache
+            .get_or_load("bad", || Err::<Vec<u8>, _>("corrupt"))
+            .is_err());
+        let inner = cache.inner.lock().unwrap();
+        assert!(inner.entries.is_empty());
+        assert_eq!(inner.bytes, 0);
+    }
+}
