@@ -163,9 +163,7 @@ pub(super) fn to_display(
     let span = (i64::from(hi) - i64::from(lo)) as u64 + 1;
     if span <= MAX_LUT_ENTRIES {
         let lut: Vec<u8> = (lo..=hi).map(display).collect();
-        decoded.map_stored(attrs, |v| {
-            lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
-        })
+        decoded.lookup(attrs, lo, &lut)
     } else {
         decoded.map_stored(attrs, display)
     }

@@ -260,6 +260,48 @@ impl Decoded {
     }
 }
 
+impl Decoded {
+    /// `lut[stored - lo]` for every pixel, 0 outside the table: the grey lookup. Samples of up
+    /// to 16 bits go in two passes: the offsets into the table first, a loop without lookups
+    /// that the compiler vectorises, then the lookups into a table of 65536 entries indexed by
+    /// a `u16`, which needs no bounds check. One pass did the bit arithmetic and a checked
+    /// lookup per pixel, about 17 instructions.
+    pub(super) fn lookup(&self, attrs: &Attrs, lo: i32, lut: &[u8]) -> Vec<u8> {
+        const ENTRIES: usize = 1 << 16;
+        let one_pass = || {
+            self.map_stored(attrs, |v| {
+                lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
+            })
+        };
+        if self.layout != Layout::Samples || attrs.bits_allocated > 16 || lut.len() > ENTRIES {
+            return one_pass();
+        }
+        let mut table = vec![0u8; ENTRIES];
+        table[..lut.len()].copy_from_slice(lut);
+        let Ok(table) = <&[u8; ENTRIES]>::try_from(table.as_slice()) else {
+            return one_pass();
+        };
+        let stored = stored_value(attrs);
+        let data = &self.data[..self.data.len().min(attrs.frame_len())];
+        let mut offsets = vec![0u16; attrs.pixels()];
+        if attrs.bits_allocated == 8 {
+            for (offset, b) in offsets.iter_mut().zip(data) {
+                *offset = stored(u32::from(*b)).wrapping_sub(lo) as u16;
+            }
+        } else {
+            for (offset, c) in offsets.iter_mut().zip(data.chunks_exact(2)) {
+                let raw = u32::from(u16::from_le_bytes([c[0], c[1]]));
+                *offset = stored(raw).wrapping_sub(lo) as u16;
+            }
+        }
+        let mut out = vec![0u8; attrs.pixels()];
+        for (pixel, offset) in out.iter_mut().zip(&offsets) {
+            *pixel = table[usize::from(*offset)];
+        }
+        out
+    }
+}
+
 /// The stored value of a raw sample: masked to Bits Stored from High Bit and sign-extended.
 /// Branch-free, as a branch on the sign mispredicts all over a CT: sign extension by shifting
 /// the sign bit to bit 31 and back; unsigned 32-bit values saturate at i32::MAX.
@@ -542,5 +584,64 @@ pub(super) fn words(value: &PrimitiveValue) -> Vec<u16> {
             .to_multi_int::<i32>()
             .map(|v| v.into_iter().map(|x| x as u16).collect())
             .unwrap_or_default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two-pass lookup gives what the one-pass map gives, for every layout of stored
+    /// values it takes (junk bits, shifted, signed, 8 and 16 bits).
+    #[test]
+    fn lookup_matches_the_one_pass_map() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for (bits_allocated, bits_stored, high_bit, signed) in [
+            (16, 16, 15, true),
+            (16, 16, 15, false),
+            (16, 12, 11, true),
+            (16, 12, 13, false),
+            (16, 10, 15, true),
+            (8, 8, 7, false),
+            (8, 6, 6, true),
+        ] {
+            let attrs = Attrs {
+                rows: 7,
+                columns: 9,
+                frames: 1,
+                samples_per_pixel: 1,
+                photometric: "MONOCHROME2".into(),
+                bits_allocated,
+                bits_stored,
+                high_bit,
+                signed,
+                planar: false,
+                transfer_syntax: "1.2.840.10008.1.2.1".into(),
+                encapsulated: false,
+            };
+            let decoded = Decoded {
+                data: (0..attrs.frame_len()).map(|_| next() as u8).collect(),
+                layout: Layout::Samples,
+                photometric: attrs.photometric.clone(),
+            };
+            let (lo, hi) = decoded.fold_stored(&attrs, (i32::MAX, i32::MIN), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+            let lut: Vec<u8> = (lo..=hi).map(|v| (v.wrapping_mul(37) >> 3) as u8).collect();
+            let one_pass = decoded.map_stored(&attrs, |v| {
+                lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
+            });
+            assert_eq!(
+                decoded.lookup(&attrs, lo, &lut),
+                one_pass,
+                "{bits_allocated}/{bits_stored}/{high_bit}/{signed}"
+            );
+        }
     }
 }
