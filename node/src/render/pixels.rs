@@ -258,9 +258,7 @@ impl Decoded {
         out.resize(attrs.pixels(), T::default());
         out
     }
-}
 
-impl Decoded {
     /// `lut[stored - lo]` for every pixel, 0 outside the table: the grey lookup. Samples of up
     /// to 16 bits go in two passes: the offsets into the table first, a loop without lookups
     /// that the compiler vectorises, then the lookups into a table of 65536 entries indexed by
@@ -595,13 +593,7 @@ mod tests {
     /// values it takes (junk bits, shifted, signed, 8 and 16 bits).
     #[test]
     fn lookup_matches_the_one_pass_map() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::render::tests::xorshift(0x9e37_79b9_7f4a_7c15);
         for (bits_allocated, bits_stored, high_bit, signed) in [
             (16, 16, 15, true),
             (16, 16, 15, false),

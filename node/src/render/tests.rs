@@ -1109,14 +1109,7 @@ fn voi_lut_function_of_the_file_is_honoured() {
 #[test]
 fn corrupted_files_give_errors_not_panics() {
     let Some(corpus) = corpus() else { return };
-    // xorshift: deterministic, no dependency
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     for name in [
         "RLE/CT1_RLE",
         "JPLL/CT1_JPLL",
@@ -1143,5 +1136,16 @@ fn corrupted_files_give_errors_not_panics() {
             let _ = raw_frame(&bytes, 0);
             let _ = info(&bytes);
         }
+    }
+}
+
+/// A deterministic pseudo-random sequence (xorshift64) without a dependency.
+pub(super) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
     }
 }
