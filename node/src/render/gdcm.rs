@@ -8,6 +8,14 @@
 //! it: the C symbols clash). GDCM is C++ behind an FFI, so the stream is checked here first: its
 //! frame header must describe exactly the image the DICOM attributes describe, so that the
 //! output buffer GDCM sizes from those attributes is the one the stream fills.
+//!
+//! gdcm-rs 0.6 leaks its output buffer when GDCM fails to decode (its C wrapper returns the
+//! error without freeing it): a broken frame asked for again and again would leak a frame's
+//! size each time. Streams that failed are remembered by their BLAKE3 hash and refused without
+//! calling GDCM again, which bounds the leak to one buffer per distinct broken stream.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use dicom_encoding::adapters::PixelDataObject;
 use dicom_object::DefaultDicomObject;
@@ -62,6 +70,16 @@ pub(super) fn decode(
             attrs.bits_allocated
         )));
     }
+    let hash = blake3::hash(&stream);
+    if failed()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&hash)
+    {
+        return Err(RenderError::Decode(format!(
+            "GDCM could not decode frame {frame} (this stream failed before)"
+        )));
+    }
     let decoded = gdcm_rs::decode_single_frame_compressed(
         &stream,
         attrs.columns,
@@ -74,6 +92,21 @@ pub(super) fn decode(
         attrs.high_bit,
         u16::from(attrs.signed),
     )
-    .map_err(|e| RenderError::Decode(format!("GDCM: {e}")))?;
+    .map_err(|e| {
+        let mut failed = failed().lock().unwrap_or_else(PoisonError::into_inner);
+        if failed.len() < MAX_FAILED {
+            failed.insert(hash);
+        }
+        RenderError::Decode(format!("GDCM could not decode frame {frame}: {e}"))
+    })?;
     Ok(decoded.to_vec())
+}
+
+/// How many failed streams are remembered (32 bytes each).
+const MAX_FAILED: usize = 4096;
+
+/// Hashes of the streams GDCM failed to decode.
+fn failed() -> &'static Mutex<HashSet<blake3::Hash>> {
+    static FAILED: OnceLock<Mutex<HashSet<blake3::Hash>>> = OnceLock::new();
+    FAILED.get_or_init(Mutex::default)
 }

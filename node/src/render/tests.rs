@@ -1149,3 +1149,35 @@ pub(super) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         state
     }
 }
+
+/// A stream GDCM fails on (its scan names a Huffman table that is not defined) gives a decode
+/// error, and the next request for it is refused without calling GDCM again (gdcm-rs leaks its
+/// output buffer on every failure).
+#[cfg(feature = "gdcm")]
+#[test]
+fn a_stream_gdcm_failed_on_is_refused_again_without_it() {
+    let Some(corpus) = corpus() else { return };
+    let mut bytes = std::fs::read(corpus.join("wg04/JPLY/MR1_JPLY")).unwrap();
+    let soi = bytes
+        .windows(3)
+        .position(|w| w == [0xFF, 0xD8, 0xFF])
+        .unwrap();
+    let sos = soi
+        + bytes[soi..]
+            .windows(2)
+            .position(|w| w == [0xFF, 0xDA])
+            .unwrap();
+    bytes[sos + 6] = 0x33; // first component: DC and AC tables 3
+    let messages: Vec<String> = (0..2)
+        .map(|_| match render(&bytes, 0, &RenderOptions::default()) {
+            Err(RenderError::Decode(message)) => message,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        messages[0].contains("GDCM could not decode frame 0"),
+        "{messages:?}"
+    );
+    assert!(!messages[0].contains("failed before"), "{messages:?}");
+    assert!(messages[1].contains("failed before"), "{messages:?}");
+}
