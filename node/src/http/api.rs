@@ -8,6 +8,7 @@ use dicom_core::header::{HasLength, Header};
 use dicom_dictionary_std::StandardDataDictionary;
 use serde::Serialize;
 
+use super::cache::Plaintext;
 use super::{ApiError, ApiResult, AppState};
 use crate::dicom::export;
 use crate::store::{InstanceRecord, Store, StudySummary};
@@ -27,8 +28,7 @@ pub(super) async fn blocking<T: Send + 'static>(
     state: &AppState,
     f: impl FnOnce(&Store) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    let store = state.store.clone();
-    tokio::task::spawn_blocking(move || f(&store)).await?
+    blocking_with_state(state, move |state| f(&state.store)).await
 }
 
 /// [`blocking`] for work that needs more of the state than the store.
@@ -40,12 +40,16 @@ pub(super) async fn blocking_with_state<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state)).await?
 }
 
-/// The plaintext of one stored instance, verified (blob id and plaintext hash).
-pub(super) fn instance_bytes(store: &Store, inst: &InstanceRecord) -> ApiResult<Vec<u8>> {
-    let key = store
-        .study_key(&inst.study_instance_uid, false)?
-        .ok_or_else(|| ApiError::internal("study key missing"))?;
-    Ok(export::decrypt_to_vec(store, &key, inst)?)
+/// The plaintext of one stored instance, verified (blob id and plaintext hash), through the
+/// server's cache of recently used instances.
+pub(super) fn instance_bytes(state: &AppState, inst: &InstanceRecord) -> ApiResult<Plaintext> {
+    state.plaintexts().get_or_load(&inst.blob_id, || {
+        let store = &state.store;
+        let key = store
+            .study_key(&inst.study_instance_uid, false)?
+            .ok_or_else(|| ApiError::internal("study key missing"))?;
+        Ok(export::decrypt_to_vec(store, &key, inst)?)
+    })
 }
 
 #[derive(Serialize)]
@@ -192,11 +196,12 @@ async fn tags(
     State(state): State<AppState>,
     Path(sop): Path<String>,
 ) -> ApiResult<Json<Vec<TagView>>> {
-    blocking(&state, move |store| {
-        let inst = store
+    blocking_with_state(&state, move |state| {
+        let inst = state
+            .store
             .instance(&sop)?
             .ok_or_else(|| ApiError::not_found("no such instance"))?;
-        let bytes = instance_bytes(store, &inst)?;
+        let bytes = instance_bytes(state, &inst)?;
         let obj = dicom_object::OpenFileOptions::new()
             .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
             .from_reader(&bytes[..])

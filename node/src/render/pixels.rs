@@ -402,10 +402,9 @@ fn check_codec(obj: &DefaultDicomObject, attrs: &Attrs) -> Result<Codec, RenderE
         };
         return Err(attrs.unsupported(reason));
     }
-    let jpeg_bits = JPEG_LOSSY
-        .contains(&ts)
-        .then(|| first_fragment(obj).and_then(jpeg_frame_header))
-        .flatten()
+    let jpeg_bits = Some(ts)
+        .filter(|ts| JPEG_LOSSY.contains(ts))
+        .and_then(|_| jpeg_frame_header(first_fragment(obj)?))
         .map(|header| header.precision)
         .filter(|bits| *bits > 8);
     #[cfg(feature = "gdcm")]

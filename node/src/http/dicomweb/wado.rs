@@ -215,14 +215,7 @@ fn load(state: &AppState, study: &str, series: &str, sop: &str) -> ApiResult<Pla
         .instance(sop)?
         .filter(|i| i.study_instance_uid == study && i.series_instance_uid == series)
         .ok_or_else(|| ApiError::not_found("no such instance"))?;
-    cached(state, &inst)
-}
-
-/// One instance's plaintext through the server's cache.
-fn cached(state: &AppState, inst: &InstanceRecord) -> ApiResult<Plaintext> {
-    state
-        .plaintexts()
-        .get_or_load(&inst.blob_id, || instance_bytes(&state.store, inst))
+    instance_bytes(state, &inst)
 }
 
 /// Frames as uncompressed pixel data: multipart of `application/octet-stream` parts, or a bare
@@ -401,7 +394,7 @@ async fn thumbnail(
         let inst = images
             .get(images.len() / 2)
             .ok_or_else(|| ApiError::not_found("no image in this selection"))?;
-        let bytes = cached(state, inst)?;
+        let bytes = instance_bytes(state, inst)?;
         let img = render::render(&bytes, 0, &opts).map_err(render_error)?;
         Ok(image_response(img, &opts))
     })
