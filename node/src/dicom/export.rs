@@ -252,20 +252,22 @@ pub fn decrypt_into(
     check_opened(inst, &opened)
 }
 
-/// One instance's plaintext in memory, with the checks of [`decrypt_into`] but decrypted in
-/// place (see [`blob::open_in_memory`]): for callers that hold a whole instance anyway.
-pub fn decrypt_to_vec(
+/// One instance's plaintext in memory, decrypted in place (see [`blob::open_in_memory`]), for
+/// callers that hold a whole instance anyway. Checked against the plaintext hash recorded at
+/// import, which with the authenticated chunks says these are the imported bytes; the blob id
+/// is not hashed again (that is for what is stored or passed on, see [`decrypt_into`]).
+pub fn decrypt_in_place(
     store: &Store,
     key: &crate::crypto::SecretKey,
     inst: &InstanceRecord,
-) -> Result<Vec<u8>, ExportError> {
+) -> Result<blob::InPlace, ExportError> {
     let mut f = open_blob(store, inst)?;
     let mut sealed = Vec::new();
     f.read_to_end(&mut sealed)
         .map_err(io_at(&store.blobs().path(&inst.blob_id)))?;
-    let (plaintext, opened) =
+    let (plaintext, hash) =
         blob::open_in_memory(key, blob_context(inst), sealed).map_err(|e| blob_error(inst, e))?;
-    check_opened(inst, &opened)?;
+    check_plaintext(inst, &hash)?;
     Ok(plaintext)
 }
 
@@ -317,7 +319,11 @@ fn check_opened(inst: &InstanceRecord, opened: &blob::Sealed) -> Result<(), Expo
             "its content hash does not match its id".into(),
         ));
     }
-    if opened.plaintext_hash.to_hex().as_str() != inst.plaintext_hash {
+    check_plaintext(inst, &opened.plaintext_hash)
+}
+
+fn check_plaintext(inst: &InstanceRecord, hash: &blake3::Hash) -> Result<(), ExportError> {
+    if hash.to_hex().as_str() != inst.plaintext_hash {
         return Err(corrupt(
             inst,
             "the decrypted bytes differ from those recorded at import".into(),

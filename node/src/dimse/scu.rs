@@ -327,7 +327,7 @@ enum Failure {
 
 /// A decrypted instance: in memory or in a temp file.
 enum Plain {
-    Memory(io::Cursor<Vec<u8>>),
+    Memory(io::Cursor<crate::crypto::blob::InPlace>),
     File(File, #[allow(dead_code)] tempfile::TempPath),
 }
 
@@ -355,7 +355,7 @@ fn decrypt(store: &Store, inst: &InstanceRecord) -> Result<Plain, String> {
         .map_err(|e| e.to_string())?
         .ok_or("the study key is missing")?;
     if inst.size <= IN_MEMORY {
-        let v = export::decrypt_to_vec(store, &key, inst).map_err(|e| e.to_string())?;
+        let v = export::decrypt_in_place(store, &key, inst).map_err(|e| e.to_string())?;
         Ok(Plain::Memory(io::Cursor::new(v)))
     } else {
         let (file, path) = store

@@ -40,15 +40,15 @@ pub(super) async fn blocking_with_state<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state)).await?
 }
 
-/// The plaintext of one stored instance, verified (blob id and plaintext hash), through the
-/// server's cache of recently used instances.
+/// The plaintext of one stored instance, verified (authenticated chunks, plaintext hash),
+/// through the server's cache of recently used instances.
 pub(super) fn instance_bytes(state: &AppState, inst: &InstanceRecord) -> ApiResult<Plaintext> {
     state.plaintexts().get_or_load(&inst.blob_id, || {
         let store = &state.store;
         let key = store
             .study_key(&inst.study_instance_uid, false)?
             .ok_or_else(|| ApiError::internal("study key missing"))?;
-        Ok(export::decrypt_to_vec(store, &key, inst)?)
+        Ok(export::decrypt_in_place(store, &key, inst)?)
     })
 }
 

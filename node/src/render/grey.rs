@@ -115,33 +115,20 @@ pub(super) fn to_display(
     request: Option<Window>,
     invert: bool,
 ) -> Vec<u8> {
-    let (lo, hi) = decoded.fold_stored(attrs, (i32::MAX, i32::MIN), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    if lo > hi {
+    // Frames of up to 16 bits (nearly all) go through offsets, which also give the range;
+    // others through the slower per-pixel fold and map.
+    let offsets = decoded.offsets(attrs);
+    let range = match &offsets {
+        Some(offsets) => offsets.range(),
+        None => Some(
+            decoded.fold_stored(attrs, (i32::MAX, i32::MIN), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            }),
+        )
+        .filter(|(lo, hi)| lo <= hi),
+    };
+    let Some((lo, hi)) = range else {
         return Vec::new();
-    }
-    // The default window leaves out padding; a second pass, only when there is padding,
-    // keeps the first one a plain (vectorised) min/max.
-    let (content_lo, content_hi) = match params.padding {
-        Some((from, to)) if from <= hi && to >= lo => {
-            let (content_lo, content_hi) =
-                decoded.fold_stored(attrs, (i32::MAX, i32::MIN), |(lo, hi), v| {
-                    // One unsigned compare and selects, not a branch that would mispredict
-                    // at every edge of the padding.
-                    let content = v.wrapping_sub(from) as u32 > to.wrapping_sub(from) as u32;
-                    (
-                        lo.min(if content { v } else { i32::MAX }),
-                        hi.max(if content { v } else { i32::MIN }),
-                    )
-                });
-            if content_lo > content_hi {
-                (lo, hi)
-            } else {
-                (content_lo, content_hi)
-            }
-        }
-        _ => (lo, hi),
     };
     let voi = match request.filter(|w| usable(w, VoiFunction::Linear)) {
         Some(window) => Voi::Window(window, VoiFunction::Linear),
@@ -149,6 +136,7 @@ pub(super) fn to_display(
             (Some(lut), _) => Voi::Lut(lut),
             (None, Some((window, function))) => Voi::Window(window, function),
             (None, None) => {
+                let (content_lo, content_hi) = content_range(decoded, attrs, params, (lo, hi));
                 let (a, b) = (params.modality(content_lo), params.modality(content_hi));
                 Voi::Range(a.min(b), a.max(b))
             }
@@ -159,13 +147,45 @@ pub(super) fn to_display(
         let y = if invert { 1.0 - y } else { y };
         (y * 255.0).round().clamp(0.0, 255.0) as u8
     };
-
     let span = (i64::from(hi) - i64::from(lo)) as u64 + 1;
-    if span <= MAX_LUT_ENTRIES {
-        let lut: Vec<u8> = (lo..=hi).map(display).collect();
-        decoded.lookup(attrs, lo, &lut)
+    match offsets {
+        Some(offsets) => offsets.lookup(&(lo..=hi).map(display).collect::<Vec<_>>()),
+        None if span <= MAX_LUT_ENTRIES => {
+            let lut: Vec<u8> = (lo..=hi).map(display).collect();
+            decoded.map_stored(attrs, |v| {
+                lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
+            })
+        }
+        None => decoded.map_stored(attrs, display),
+    }
+}
+
+/// The range of stored values without the padding, for the default window; the whole range
+/// when there is no padding or nothing else. A second pass, only when the default window is
+/// used and the frame has padding, so the first one stays a plain (vectorised) min/max.
+fn content_range(
+    decoded: &Decoded,
+    attrs: &Attrs,
+    params: &Params,
+    (lo, hi): (i32, i32),
+) -> (i32, i32) {
+    let Some((from, to)) = params.padding.filter(|(from, to)| *from <= hi && *to >= lo) else {
+        return (lo, hi);
+    };
+    let (content_lo, content_hi) =
+        decoded.fold_stored(attrs, (i32::MAX, i32::MIN), |(lo, hi), v| {
+            // One unsigned compare and selects, not a branch that would mispredict at every
+            // edge of the padding.
+            let content = v.wrapping_sub(from) as u32 > to.wrapping_sub(from) as u32;
+            (
+                lo.min(if content { v } else { i32::MAX }),
+                hi.max(if content { v } else { i32::MIN }),
+            )
+        });
+    if content_lo > content_hi {
+        (lo, hi)
     } else {
-        decoded.map_stored(attrs, display)
+        (content_lo, content_hi)
     }
 }
 

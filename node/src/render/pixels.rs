@@ -259,44 +259,82 @@ impl Decoded {
         out
     }
 
-    /// `lut[stored - lo]` for every pixel, 0 outside the table: the grey lookup. Samples of up
-    /// to 16 bits go in two passes: the offsets into the table first, a loop without lookups
-    /// that the compiler vectorises, then the lookups into a table of 65536 entries indexed by
-    /// a `u16`, which needs no bounds check. One pass did the bit arithmetic and a checked
-    /// lookup per pixel, about 17 instructions.
-    pub(super) fn lookup(&self, attrs: &Attrs, lo: i32, lut: &[u8]) -> Vec<u8> {
-        const ENTRIES: usize = 1 << 16;
-        let one_pass = || {
-            self.map_stored(attrs, |v| {
-                lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
-            })
-        };
-        if self.layout != Layout::Samples || attrs.bits_allocated > 16 || lut.len() > ENTRIES {
-            return one_pass();
+    /// The frame's stored values as [`Offsets`], in one pass that the compiler vectorises:
+    /// `None` unless the frame is single-sample data of 8 or 16 bits, complete.
+    pub(super) fn offsets(&self, attrs: &Attrs) -> Option<Offsets> {
+        if self.layout != Layout::Samples
+            || attrs.samples_per_pixel != 1
+            || !matches!(attrs.bits_allocated, 8 | 16)
+            || attrs.bits_stored > attrs.bits_allocated
+            || self.data.len() < attrs.frame_len()
+        {
+            return None;
         }
-        let mut table = vec![0u8; ENTRIES];
-        table[..lut.len()].copy_from_slice(lut);
-        let Ok(table) = <&[u8; ENTRIES]>::try_from(table.as_slice()) else {
-            return one_pass();
-        };
         let stored = stored_value(attrs);
-        let data = &self.data[..self.data.len().min(attrs.frame_len())];
-        let mut offsets = vec![0u16; attrs.pixels()];
+        let base = if attrs.signed {
+            -(1 << (attrs.bits_stored - 1))
+        } else {
+            0
+        };
+        let mut values = vec![0u16; attrs.pixels()];
+        let (mut min, mut max) = (u16::MAX, u16::MIN);
+        // Offsets and their range together: one read of the samples instead of a min/max
+        // pass and then an offsets pass.
         if attrs.bits_allocated == 8 {
-            for (offset, b) in offsets.iter_mut().zip(data) {
-                *offset = stored(u32::from(*b)).wrapping_sub(lo) as u16;
+            for (slot, b) in values.iter_mut().zip(&self.data) {
+                let offset = stored(u32::from(*b)).wrapping_sub(base) as u16;
+                *slot = offset;
+                min = min.min(offset);
+                max = max.max(offset);
             }
         } else {
-            for (offset, c) in offsets.iter_mut().zip(data.chunks_exact(2)) {
+            for (slot, c) in values.iter_mut().zip(self.data.chunks_exact(2)) {
                 let raw = u32::from(u16::from_le_bytes([c[0], c[1]]));
-                *offset = stored(raw).wrapping_sub(lo) as u16;
+                let offset = stored(raw).wrapping_sub(base) as u16;
+                *slot = offset;
+                min = min.min(offset);
+                max = max.max(offset);
             }
         }
-        let mut out = vec![0u8; attrs.pixels()];
-        for (pixel, offset) in out.iter_mut().zip(&offsets) {
-            *pixel = table[usize::from(*offset)];
-        }
-        out
+        Some(Offsets {
+            values,
+            base,
+            min,
+            max,
+        })
+    }
+}
+
+/// A frame's stored values of up to 16 bits, each as its distance from the lowest value that
+/// Bits Stored allows, so that it indexes a table of 65 536 entries without a bounds check.
+#[derive(Debug)]
+pub(super) struct Offsets {
+    values: Vec<u16>,
+    /// The stored value of offset 0.
+    base: i32,
+    min: u16,
+    max: u16,
+}
+
+impl Offsets {
+    /// Lowest and highest stored value of the frame; `None` for a frame without pixels.
+    pub(super) fn range(&self) -> Option<(i32, i32)> {
+        (self.min <= self.max).then(|| {
+            (
+                self.base + i32::from(self.min),
+                self.base + i32::from(self.max),
+            )
+        })
+    }
+
+    /// `lut[stored - lo]` for every pixel, where `lo` is the frame's lowest stored value and
+    /// `lut` has an entry for every value of [`Self::range`] (0 past its end): the grey lookup.
+    pub(super) fn lookup(&self, lut: &[u8]) -> Vec<u8> {
+        let mut table = Box::new([0u8; 1 << 16]);
+        let from = usize::from(self.min);
+        let to = (from + lut.len()).min(table.len());
+        table[from..to].copy_from_slice(&lut[..to - from]);
+        self.values.iter().map(|o| table[usize::from(*o)]).collect()
     }
 }
 
@@ -588,10 +626,10 @@ pub(super) fn words(value: &PrimitiveValue) -> Vec<u16> {
 mod tests {
     use super::*;
 
-    /// The two-pass lookup gives what the one-pass map gives, for every layout of stored
-    /// values it takes (junk bits, shifted, signed, 8 and 16 bits).
+    /// The offsets' range and lookup give what the per-pixel fold and map give, for every
+    /// layout of stored values they take (junk bits, shifted, signed, 8 and 16 bits).
     #[test]
-    fn lookup_matches_the_one_pass_map() {
+    fn offsets_lookup_matches_the_per_pixel_map() {
         let mut next = crate::render::tests::xorshift(0x9e37_79b9_7f4a_7c15);
         for (bits_allocated, bits_stored, high_bit, signed) in [
             (16, 16, 15, true),
@@ -624,15 +662,14 @@ mod tests {
             let (lo, hi) = decoded.fold_stored(&attrs, (i32::MAX, i32::MIN), |(lo, hi), v| {
                 (lo.min(v), hi.max(v))
             });
+            let case = format!("{bits_allocated}/{bits_stored}/{high_bit}/{signed}");
+            let offsets = decoded.offsets(&attrs).expect(&case);
+            assert_eq!(offsets.range(), Some((lo, hi)), "{case}");
             let lut: Vec<u8> = (lo..=hi).map(|v| (v.wrapping_mul(37) >> 3) as u8).collect();
-            let one_pass = decoded.map_stored(&attrs, |v| {
+            let per_pixel = decoded.map_stored(&attrs, |v| {
                 lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
             });
-            assert_eq!(
-                decoded.lookup(&attrs, lo, &lut),
-                one_pass,
-                "{bits_allocated}/{bits_stored}/{high_bit}/{signed}"
-            );
+            assert_eq!(offsets.lookup(&lut), per_pixel, "{case}");
         }
     }
 }

@@ -52,6 +52,18 @@ impl BodyWriter {
     }
 }
 
+impl BodyWriter {
+    /// Sends `bytes` as they are, after what is buffered: a whole part without copying it.
+    pub(crate) fn send(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        self.flush()?;
+        self.tx.blocking_send(Ok(bytes)).map_err(|_| client_gone())
+    }
+}
+
+fn client_gone() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away")
+}
+
 impl Write for BodyWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
@@ -65,9 +77,7 @@ impl Write for BodyWriter {
             return Ok(());
         }
         let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| client_gone())
     }
 }
 

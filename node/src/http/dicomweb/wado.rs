@@ -3,6 +3,7 @@
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::super::api::{blocking, blocking_with_state, instance_bytes};
@@ -10,6 +11,7 @@ use super::super::cache::Plaintext;
 use super::super::{ApiError, ApiResult, AppState};
 use super::base_url;
 use super::multipart::{self, BodyWriter};
+use crate::crypto::SecretKey;
 use crate::dicom::export;
 use crate::render;
 use crate::store::{InstanceRecord, Store};
@@ -46,6 +48,30 @@ fn select(
         }));
     }
     Ok(v)
+}
+
+/// Instances up to this size are decrypted whole and sent as one piece of the body.
+const WHOLE_INSTANCE_MAX: u64 = 8 << 20;
+
+/// One instance's original bytes into the body: up to [`WHOLE_INSTANCE_MAX`] decrypted in
+/// place and handed over as they are (a CT slice goes through no reader's, chunk's or body's
+/// buffer), larger ones streamed chunk by chunk. Not through the plaintext cache: a whole
+/// study would flush what a viewer is looking at.
+fn send_instance(
+    store: &Store,
+    key: &SecretKey,
+    inst: &InstanceRecord,
+    w: &mut BodyWriter,
+) -> Result<(), String> {
+    if inst.size <= WHOLE_INSTANCE_MAX {
+        let (buf, start) = export::decrypt_in_place(store, key, inst)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        w.send(Bytes::from(buf).slice(start..))
+            .map_err(|e| e.to_string())
+    } else {
+        export::decrypt_into(store, key, inst, w).map_err(|e| e.to_string())
+    }
 }
 
 /// Streams the original bytes of `instances` as `multipart/related; type="application/dicom"`.
@@ -87,9 +113,7 @@ async fn retrieve(
         for (idx, inst) in instances.iter().enumerate() {
             let r = multipart::part_header(&mut w, &b, "application/dicom", None)
                 .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    export::decrypt_into(&store, &key, inst, &mut w).map_err(|e| e.to_string())
-                })
+                .and_then(|()| send_instance(&store, &key, inst, &mut w))
                 .and_then(|()| {
                     multipart::part_end(&mut w, &b, idx + 1 == n).map_err(|e| e.to_string())
                 });
