@@ -161,8 +161,8 @@ pub(super) fn to_display(
 }
 
 /// The range of stored values without the padding, for the default window; the whole range
-/// when there is no padding or nothing else. A second pass, only when the default window is
-/// used and the frame has padding, so the first one stays a plain (vectorised) min/max.
+/// when there is no padding or nothing else. A second pass over the samples, made only when
+/// the default window is used and the frame has padding.
 fn content_range(
     decoded: &Decoded,
     attrs: &Attrs,

@@ -259,8 +259,8 @@ impl Decoded {
         out
     }
 
-    /// The frame's stored values as [`Offsets`], in one pass that the compiler vectorises:
-    /// `None` unless the frame is single-sample data of 8 or 16 bits, complete.
+    /// The frame's stored values as [`Offsets`], with their range in the same pass: `None`
+    /// unless the frame is single-sample data of 8 or 16 bits, complete.
     pub(super) fn offsets(&self, attrs: &Attrs) -> Option<Offsets> {
         if self.layout != Layout::Samples
             || attrs.samples_per_pixel != 1
