@@ -321,3 +321,82 @@ fn jpeg_ls_renders_like_its_uncompressed_original_or_is_refused_cleanly() -> Res
     }
     Ok(())
 }
+
+/// Where `needle` first occurs in `hay` at or after `from`.
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    hay.get(from..)?
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .map(|p| p + from)
+}
+
+/// The bodies of the parts of a `multipart/related` body (the boundary read from its first
+/// line).
+fn multipart_parts(body: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let first = find(body, b"\r\n", 0).ok_or_else(|| anyhow::anyhow!("no first line"))?;
+    let delimiter = [b"\r\n", &body[..first]].concat();
+    let mut parts = Vec::new();
+    let mut at = first + 2;
+    loop {
+        let headers_end =
+            find(body, b"\r\n\r\n", at).ok_or_else(|| anyhow::anyhow!("part without headers"))?;
+        let start = headers_end + 4;
+        let end =
+            find(body, &delimiter, start).ok_or_else(|| anyhow::anyhow!("part without an end"))?;
+        parts.push(body[start..end].to_vec());
+        let after = end + delimiter.len();
+        match body.get(after..after + 2) {
+            Some(b"--") => return Ok(parts),
+            Some(b"\r\n") => at = after + 2,
+            other => anyhow::bail!("unexpected bytes after a part: {other:?}"),
+        }
+    }
+}
+
+/// WADO-RS hands back every instance's original bytes, both the small ones it sends whole and
+/// one over 8 MiB that it streams chunk by chunk.
+#[test]
+fn wado_study_retrieval_gives_small_and_large_instances_byte_for_byte() -> Result<()> {
+    let work = tempfile::tempdir()?;
+    let src = work.path().join("src");
+    let study = StudySpec {
+        patient: patient("WADO^LARGE", "WL-1"),
+        study_instance_uid: fx::uid("tests/wado/large"),
+        ..StudySpec::default()
+    };
+    fx::ct_series(
+        &src,
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 1, "CT"),
+        2,
+        64,
+        64,
+    )?;
+    let large = fx::cr_image(
+        &src,
+        &study,
+        &SeriesSpec::new(&study.study_instance_uid, 2, "CR"),
+        2100,
+        2100,
+    )?;
+    assert!(std::fs::metadata(&large)?.len() > 8 << 20);
+    let node = Node::init("clinic")?;
+    let (code, _) = node.import(&[&src])?;
+    assert_eq!(code, 0);
+    let served = node.serve(&[])?;
+    let (status, body) = get(
+        &format!(
+            "{}/dicomweb/studies/{}",
+            served.url, study.study_instance_uid
+        ),
+        Some("multipart/related; type=\"application/dicom\""),
+    )?;
+    assert_eq!(status, "200");
+    let retrieved: std::collections::BTreeSet<String> = multipart_parts(&body)?
+        .iter()
+        .map(|p| blake3::hash(p).to_hex().to_string())
+        .collect();
+    assert_eq!(retrieved.len(), 3);
+    assert_eq!(retrieved, dicom_hashes(&src)?);
+    Ok(())
+}
