@@ -287,16 +287,19 @@ pub struct Latency {
 
 fn latency(mut v: Vec<f64>) -> Latency {
     v.sort_by(f64::total_cmp);
-    let at = |q: f64| {
-        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-            .unwrap_or(0.0)
-    };
     Latency {
         n: v.len(),
-        median_ms: at(0.5),
-        p95_ms: at(0.95),
+        median_ms: quantile(&v, 0.5),
+        p95_ms: quantile(&v, 0.95),
     }
+}
+
+/// The `q` quantile (nearest rank) of `sorted`; 0 when it is empty.
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted
+        .get(((sorted.len() as f64 - 1.0) * q).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
 }
 
 /// `bench serve` figures.
@@ -389,7 +392,7 @@ pub fn measure(base: &str, t: &ServeTarget) -> Result<ServeFigures, String> {
         wado.push(mb(n, start.elapsed().as_secs_f64()));
     }
     wado.sort_by(f64::total_cmp);
-    let wado = wado[1];
+    let wado = quantile(&wado, 0.5);
     let mut qido = Vec::new();
     for _ in 0..50 {
         qido.push(

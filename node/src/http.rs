@@ -102,16 +102,17 @@ impl AppState {
         }
     }
 
-    /// The same state, with the node's network attached.
-    pub fn with_net(self, net: Option<crate::net::Handle>) -> Self {
-        Self {
-            store: self.store,
-            inner: Arc::new(StateInner::new(
-                self.inner.token.clone(),
-                self.inner.remote,
-                net,
-            )),
+    /// The same state, with the node's network attached. A state not yet shared keeps its
+    /// plaintext cache (and the cache's thread) rather than starting another.
+    pub fn with_net(mut self, net: Option<crate::net::Handle>) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.net = net,
+            None => {
+                let (token, remote) = (self.inner.token.clone(), self.inner.remote);
+                self.inner = Arc::new(StateInner::new(token, remote, net));
+            }
         }
+        self
     }
 
     pub(crate) fn net(&self) -> Option<&crate::net::Handle> {
@@ -261,6 +262,17 @@ mod tests {
         // Pages redirect to the login form instead.
         assert_eq!(status(&app, "/", None).await, StatusCode::SEE_OTHER);
         assert_eq!(status(&app, "/login", None).await, StatusCode::OK);
+    }
+
+    /// Attaching the network to a fresh state keeps its cache, token and mode.
+    #[test]
+    fn with_net_keeps_a_fresh_state_and_its_cache() {
+        let (_d, s) = store();
+        let state = AppState::new(s, "t".into(), true);
+        let cache: *const cache::PlaintextCache = state.plaintexts();
+        let state = state.with_net(None);
+        assert!(std::ptr::eq(cache, state.plaintexts()));
+        assert_eq!((state.token(), state.remote()), ("t", true));
     }
 
     #[tokio::test]
