@@ -16,8 +16,9 @@
 pub mod blob;
 pub mod envelope;
 
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::rngs::OsRng;
 use rand::RngCore;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -47,7 +48,7 @@ impl SecretKey {
     }
 
     pub(crate) fn cipher(&self) -> XChaCha20Poly1305 {
-        XChaCha20Poly1305::new(self.0.as_ref().into())
+        XChaCha20Poly1305::new((&self.0).into())
     }
 
     /// A keyed hash under this key for a given purpose: used to name index slots so that sled keys
@@ -80,9 +81,22 @@ pub enum SealError {
     Truncated(usize),
 }
 
+/// A fresh random nonce from the operating system's CSPRNG (192 bits: random nonces never
+/// repeat in practice, which is why XChaCha20 rather than ChaCha20).
+pub(crate) fn random_nonce() -> XNonce {
+    let mut n = [0u8; NONCE_LEN];
+    OsRng.fill_bytes(&mut n);
+    n.into()
+}
+
+/// `bytes` as a nonce: `None` unless exactly [`NONCE_LEN`] long.
+pub(crate) fn nonce_of(bytes: &[u8]) -> Option<&XNonce> {
+    bytes.try_into().ok()
+}
+
 /// Seals `plaintext` as `nonce || ciphertext || tag`, binding `aad`.
 pub fn seal_record(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
-    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let nonce = random_nonce();
     let ct = key
         .cipher()
         .encrypt(
@@ -105,8 +119,9 @@ pub fn open_record(key: &SecretKey, aad: &[u8], sealed: &[u8]) -> Result<Vec<u8>
         return Err(SealError::Truncated(sealed.len()));
     }
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    let nonce = nonce_of(nonce).ok_or(SealError::Truncated(sealed.len()))?;
     key.cipher()
-        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .decrypt(nonce, Payload { msg: ct, aad })
         .map_err(|_| SealError::Authentication)
 }
 

@@ -18,8 +18,8 @@
 
 use std::io::{self, Read, Write};
 
-use chacha20poly1305::aead::{AeadCore, AeadInPlace, OsRng};
-use chacha20poly1305::{Tag, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::AeadInOut;
+use chacha20poly1305::Tag;
 
 use super::{SecretKey, NONCE_LEN, TAG_LEN};
 
@@ -147,7 +147,7 @@ pub fn seal(
             });
         }
         pt_hash.update(&buf);
-        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let nonce = super::random_nonce();
         cipher
             .encrypt_in_place(&nonce, &aad(&hdr, ctx, index), &mut buf)
             .map_err(|_| BlobError::Header("chunk too large to seal"))?;
@@ -227,7 +227,7 @@ pub fn open(
         blob_hash.update(&nonce);
         blob_hash.update(&buf);
         cipher
-            .decrypt_in_place(XNonce::from_slice(&nonce), &aad(&hdr, ctx, index), &mut buf)
+            .decrypt_in_place(&nonce.into(), &aad(&hdr, ctx, index), &mut buf)
             .map_err(|_| BlobError::Chunk { index, count })?;
         pt_hash.update(&buf);
         dst.write_all(&buf)?;
@@ -328,13 +328,10 @@ pub fn open_in_memory(
             .ok_or(BlobError::Truncated { index, count })?;
         let (nonce, rest) = chunk.split_at_mut(NONCE_LEN);
         let (body, tag) = rest.split_at_mut(pt);
+        let nonce = super::nonce_of(nonce).ok_or(BlobError::Truncated { index, count })?;
+        let tag = <&Tag>::try_from(&*tag).map_err(|_| BlobError::Truncated { index, count })?;
         cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(nonce),
-                &aad(&hdr, ctx, index),
-                body,
-                Tag::from_slice(tag),
-            )
+            .decrypt_inout_detached(nonce, &aad(&hdr, ctx, index), body.into(), tag)
             .map_err(|_| BlobError::Chunk { index, count })?;
         pt_hash.update(body);
         if index > 0 {

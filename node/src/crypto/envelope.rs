@@ -8,8 +8,9 @@
 //! pairing request that waits at a relay for an offline issuer (`net::pairing`).
 
 use base64::Engine as _;
-use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::XChaCha20Poly1305;
+use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 use x25519_dalek::{EphemeralSecret, PublicKey, StaticSecret};
 use zeroize::Zeroizing;
@@ -94,8 +95,8 @@ fn seal_raw(domain: &[u8], context: &str, plain: &[u8], recipient: &PublicKey) -
     let eph_pub = PublicKey::from(&eph);
     let shared = eph.diffie_hellman(recipient);
     let k = derive(domain, shared.as_bytes(), &eph_pub, recipient, context);
-    let cipher = XChaCha20Poly1305::new(k.as_ref().into());
-    let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+    let cipher = XChaCha20Poly1305::new((&*k).into());
+    let nonce = super::random_nonce();
     let ct = cipher
         .encrypt(
             &nonce,
@@ -137,9 +138,11 @@ fn open_raw(
     }
     let k = derive(domain, shared.as_bytes(), &eph, &me, context);
     let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    XChaCha20Poly1305::new(k.as_ref().into())
+    let nonce =
+        super::nonce_of(nonce).ok_or(EnvelopeError::Malformed("sealed part is truncated"))?;
+    XChaCha20Poly1305::new((&*k).into())
         .decrypt(
-            XNonce::from_slice(nonce),
+            nonce,
             Payload {
                 msg: ct,
                 aad: &aad(domain, &eph, &me),

@@ -552,7 +552,8 @@ fn native_ybr422(
     attrs: &Attrs,
     frame: u32,
 ) -> Result<Decoded, RenderError> {
-    if attrs.bits_allocated != 8 || attrs.samples_per_pixel != 3 || attrs.columns % 2 != 0 {
+    if attrs.bits_allocated != 8 || attrs.samples_per_pixel != 3 || !attrs.columns.is_multiple_of(2)
+    {
         return Err(attrs
             .unsupported("native YBR_FULL_422 other than 8-bit, 3 samples, even columns".into()));
     }
