@@ -22,7 +22,7 @@ pub(super) fn to_rgb(decoded: &Decoded, attrs: &Attrs) -> Result<Vec<u8>, Render
         return Ok(out);
     }
     let mut rgb = match attrs.bits_allocated {
-        8 => decoded.data.clone(),
+        8 => decoded.data.to_vec(),
         16 => {
             // Scale Bits Stored to 8 bits; the decoder already put samples in the low bits.
             let shift = u32::from(attrs.high_bit + 1 - attrs.bits_stored);

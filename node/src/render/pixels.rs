@@ -7,6 +7,7 @@
 //! as 3 samples a pixel and fails). Its codecs run under `catch_unwind`: they index buffers
 //! sized from attributes a file can lie about.
 
+use std::borrow::Cow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use dicom_core::value::{PrimitiveValue, Value};
@@ -163,18 +164,19 @@ pub(super) enum Layout {
 
 /// One decoded frame.
 #[derive(Debug)]
-pub(super) struct Decoded {
-    pub(super) data: Vec<u8>,
+pub(super) struct Decoded<'a> {
+    /// Borrowed from the parsed Pixel Data where the frame is there as it is wanted.
+    pub(super) data: Cow<'a, [u8]>,
     pub(super) layout: Layout,
     /// The photometric interpretation of `data`, which the codec may have changed (JPEG and
     /// JPEG 2000 decoders turn YBR into RGB).
     pub(super) photometric: String,
 }
 
-impl Decoded {
+impl Decoded<'_> {
     /// The frame's bytes as PS3.18 wants an uncompressed frame.
     pub(super) fn into_raw(self) -> Vec<u8> {
-        self.data
+        self.data.into_owned()
     }
 
     /// Folds `f` over every stored value of a single-sample frame, masked to Bits Stored and
@@ -362,12 +364,19 @@ fn stored_value(attrs: &Attrs) -> impl Fn(u32) -> i32 + Copy {
 }
 
 /// Decodes frame `frame` (already range-checked) of `obj`.
-pub(super) fn decode_frame(
-    obj: &DefaultDicomObject,
+pub(super) fn decode_frame<'a>(
+    obj: &'a DefaultDicomObject,
     attrs: &Attrs,
     frame: u32,
-) -> Result<Decoded, RenderError> {
+) -> Result<Decoded<'a>, RenderError> {
     attrs.check_supported()?;
+    if let Some(data) = native_frame(obj, attrs, frame) {
+        return Ok(Decoded {
+            data: Cow::Borrowed(data),
+            layout: Layout::Samples,
+            photometric: attrs.photometric.clone(),
+        });
+    }
     if !attrs.encapsulated && attrs.bits_allocated == 1 {
         return native_bits(obj, attrs, frame);
     }
@@ -406,7 +415,7 @@ pub(super) fn decode_frame(
         data = interleave(&data, usize::from(attrs.bits_allocated / 8));
     }
     Ok(Decoded {
-        data,
+        data: Cow::Owned(data),
         layout: Layout::Samples,
         photometric: decoded_photometric(attrs),
     })
@@ -524,6 +533,34 @@ pub(super) fn jpeg_frame_header(stream: &[u8]) -> Option<JpegFrameHeader> {
 }
 
 /// Native bytes of Pixel Data; `None` for a fragment sequence.
+/// Frame `frame` of native Pixel Data just as it was parsed, not copied, where those bytes are
+/// the decoded frame: samples held as bytes, or held as words (whose bytes are little endian
+/// on a little-endian machine), interleaved. `None` otherwise, and for a
+/// frame past the data's end, which the decoder then reports. The decoder would copy the
+/// frame, a 512×512 CT slice's 512 KiB, for every rendered frame.
+fn native_frame<'a>(obj: &'a InMemDicomObject, attrs: &Attrs, frame: u32) -> Option<&'a [u8]> {
+    if attrs.encapsulated
+        || (attrs.planar && attrs.samples_per_pixel == 3)
+        || attrs.photometric == "YBR_FULL_422"
+    {
+        return None;
+    }
+    // 8-bit samples in words (OW) are in stream order only where the stream is little endian.
+    let big_endian = attrs.transfer_syntax == "1.2.840.10008.1.2.2";
+    let bytes: &[u8] = match (obj.get(tags::PIXEL_DATA)?.value(), attrs.bits_allocated) {
+        (Value::Primitive(PrimitiveValue::U8(bytes)), 8) => bytes,
+        #[cfg(target_endian = "little")]
+        (Value::Primitive(PrimitiveValue::U16(words)), 16) => bytemuck::cast_slice(words),
+        #[cfg(target_endian = "little")]
+        (Value::Primitive(PrimitiveValue::U16(words)), 8) if !big_endian => {
+            bytemuck::cast_slice(words)
+        }
+        _ => return None,
+    };
+    let len = attrs.frame_len();
+    bytes.get(frame as usize * len..)?.get(..len)
+}
+
 fn native_bytes(obj: &InMemDicomObject) -> Option<std::borrow::Cow<'_, [u8]>> {
     match obj.get(tags::PIXEL_DATA)?.value() {
         Value::Primitive(p) => Some(p.to_bytes()),
@@ -537,7 +574,11 @@ fn truncated(frame: u32) -> RenderError {
 
 /// 1-bit frames are not byte-aligned when rows × columns is not a multiple of 8: the frame
 /// starts at bit `frame × pixels` of the whole Pixel Data.
-fn native_bits(obj: &InMemDicomObject, attrs: &Attrs, frame: u32) -> Result<Decoded, RenderError> {
+fn native_bits(
+    obj: &InMemDicomObject,
+    attrs: &Attrs,
+    frame: u32,
+) -> Result<Decoded<'static>, RenderError> {
     let all = native_bytes(obj).ok_or_else(|| truncated(frame))?;
     let pixels = attrs.pixels();
     let start = frame as usize * pixels;
@@ -552,7 +593,7 @@ fn native_bits(obj: &InMemDicomObject, attrs: &Attrs, frame: u32) -> Result<Deco
         }
     }
     Ok(Decoded {
-        data,
+        data: Cow::Owned(data),
         layout: Layout::Bits,
         photometric: attrs.photometric.clone(),
     })
@@ -562,7 +603,7 @@ fn native_ybr422(
     obj: &InMemDicomObject,
     attrs: &Attrs,
     frame: u32,
-) -> Result<Decoded, RenderError> {
+) -> Result<Decoded<'static>, RenderError> {
     if attrs.bits_allocated != 8 || attrs.samples_per_pixel != 3 || !attrs.columns.is_multiple_of(2)
     {
         return Err(attrs
@@ -576,7 +617,7 @@ fn native_ybr422(
         .ok_or_else(|| truncated(frame))?
         .to_vec();
     Ok(Decoded {
-        data,
+        data: Cow::Owned(data),
         layout: Layout::Ybr422,
         photometric: attrs.photometric.clone(),
     })

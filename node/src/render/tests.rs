@@ -453,6 +453,44 @@ fn multi_frame_renders_and_extracts_each_frame() {
     ));
 }
 
+/// Native frames are taken from the parsed Pixel Data without a copy: they must be exactly what
+/// dicom-pixeldata decodes, for 8 and 16 bits, grey and colour, in every frame.
+#[test]
+fn native_frames_are_borrowed_and_what_the_decoder_gives() {
+    use dicom_pixeldata::PixelDecoder;
+    let grey: Vec<i16> = (0..3 * 4 * 5)
+        .map(|v| (v * 997 % 4096) as i16 - 1024)
+        .collect();
+    let images = [
+        Synthetic {
+            frames: Some(3),
+            ..Synthetic::grey16(4, 5, &grey)
+        },
+        Synthetic::rgb8(2, 3, "RGB", (0..18).collect()),
+        Synthetic {
+            frames: Some(3),
+            bits_allocated: 8,
+            bits_stored: 8,
+            signed: false,
+            pixels: (0..60).collect(),
+            ..Synthetic::grey16(4, 5, &[])
+        },
+    ];
+    for image in images {
+        let file = image.file();
+        let obj = parse(&file).unwrap();
+        let attrs = pixels::Attrs::read(&obj).unwrap();
+        for frame in 0..attrs.frames {
+            let ours = pixels::decode_frame(&obj, &attrs, frame).unwrap();
+            assert!(matches!(ours.data, std::borrow::Cow::Borrowed(_)));
+            let decoded = obj.decode_pixel_data_frame(frame).unwrap().into_data();
+            let len = (attrs.rows * attrs.columns) as usize
+                * usize::from(attrs.samples_per_pixel * attrs.bits_allocated / 8);
+            assert_eq!(&ours.data[..], &decoded[..len]);
+        }
+    }
+}
+
 #[test]
 fn one_bit_frames_that_do_not_end_on_a_byte_are_found() {
     // 3×3 = 9 pixels a frame, 2 frames: frame 1 starts at bit 9
