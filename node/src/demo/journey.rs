@@ -343,24 +343,33 @@ pub(crate) fn run(
 
     s.step("the phone learns the doctor has it", |s| {
         let phone = node(&cast, "patient's phone")?;
-        s.wait_until("delivery noted on the phone", TRANSFER_LIMIT, || {
-            let v = phone.control(&["transfers", "--json"])?;
-            Ok(v.as_array().is_some_and(|a| {
-                a.iter().any(|t| {
-                    t["direction"] == "out"
-                        && t["study_uid"] == ct_uid.as_str()
-                        && t["state"] == "delivered"
-                })
-            }))
-        })?;
-        let contacts = phone.control(&["contacts", "--json"])?;
-        let awaiting = contacts.as_array().is_some_and(|a| {
-            a.iter()
-                .any(|c| c["peer_id"] == doctor_id.as_str() && !c["awaiting"].is_null())
-        });
-        if awaiting {
+        // Two messages that travel separately: the delivery receipt (through the relay's
+        // mailbox) and the doctor's first answer as a contact, which completes the pairing.
+        // Either may come first, so the phone is given the same time for both.
+        let (mut delivered, mut paired) = (false, false);
+        let waited = s.wait_until(
+            "delivery and pairing noted on the phone",
+            TRANSFER_LIMIT,
+            || {
+                let transfers = phone.control(&["transfers", "--json"])?;
+                delivered = transfers.as_array().is_some_and(|a| {
+                    a.iter().any(|t| {
+                        t["direction"] == "out"
+                            && t["study_uid"] == ct_uid.as_str()
+                            && t["state"] == "delivered"
+                    })
+                });
+                let contacts = phone.control(&["contacts", "--json"])?;
+                paired = contacts.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|c| c["peer_id"] == doctor_id.as_str() && c["awaiting"].is_null())
+                });
+                Ok(delivered && paired)
+            },
+        );
+        if let Err(e) = waited {
             return Err(format!(
-                "the doctor confirmed delivery, yet the phone still awaits the pairing: {contacts}"
+                "{e} (delivery noted: {delivered}; pairing confirmed: {paired})"
             ));
         }
         Ok(((), "share state: delivered; pairing confirmed".into()))
