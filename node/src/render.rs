@@ -190,9 +190,8 @@ pub fn info(bytes: &[u8]) -> Result<FrameInfo, RenderError> {
 
 /// Renders frame `frame` (0-based) of a whole Part-10 file to an encoded PNG or JPEG.
 pub fn render(bytes: &[u8], frame: u32, opts: &RenderOptions) -> Result<Vec<u8>, RenderError> {
-    let obj = parse(bytes)?;
-    let attrs = pixels::Attrs::read(&obj)?;
-    let picture = render_picture(&obj, &attrs, frame, opts.window)?;
+    let image = open(bytes)?;
+    let picture = render_picture(&image, frame, opts.window)?;
     let picture = match opts.viewport {
         Some((width, height)) => resize::fit(picture, width, height),
         None => picture,
@@ -208,23 +207,20 @@ pub fn render(bytes: &[u8], frame: u32, opts: &RenderOptions) -> Result<Vec<u8>,
 /// pixel. A JPEG-lossy or JPEG 2000 YBR image comes as RGB, because that is what its decoder
 /// yields.
 pub fn raw_frame(bytes: &[u8], frame: u32) -> Result<Vec<u8>, RenderError> {
-    let obj = parse(bytes)?;
-    let attrs = pixels::Attrs::read(&obj)?;
-    attrs.check_frame(frame)?;
-    let decoded = pixels::decode_frame(&obj, &attrs, frame)?;
-    Ok(decoded.into_raw())
+    let image = open(bytes)?;
+    image.attrs.check_frame(frame)?;
+    Ok(image.decode(frame)?.into_raw())
 }
 
 /// [`raw_frame`] for several frames (0-based) of one file, which is parsed once, not once per
 /// frame.
 pub fn raw_frames(bytes: &[u8], frames: &[u32]) -> Result<Vec<Vec<u8>>, RenderError> {
-    let obj = parse(bytes)?;
-    let attrs = pixels::Attrs::read(&obj)?;
+    let image = open(bytes)?;
     frames
         .iter()
         .map(|&frame| {
-            attrs.check_frame(frame)?;
-            Ok(pixels::decode_frame(&obj, &attrs, frame)?.into_raw())
+            image.attrs.check_frame(frame)?;
+            Ok(image.decode(frame)?.into_raw())
         })
         .collect()
 }
@@ -233,9 +229,8 @@ pub fn raw_frames(bytes: &[u8], frames: &[u32]) -> Result<Vec<Vec<u8>>, RenderEr
 /// series or clip the middle shows more of the content than the first), with the default
 /// window.
 pub fn thumbnail(bytes: &[u8], max_side: u32) -> Result<Vec<u8>, RenderError> {
-    let obj = parse(bytes)?;
-    let attrs = pixels::Attrs::read(&obj)?;
-    let picture = render_picture(&obj, &attrs, attrs.frames / 2, None)?;
+    let image = open(bytes)?;
+    let picture = render_picture(&image, image.attrs.frames / 2, None)?;
     let picture = resize::fit(picture, max_side, max_side);
     encode(
         &picture,
@@ -255,15 +250,59 @@ struct Picture {
     data: Vec<u8>,
 }
 
+/// A file opened for its pixels.
+struct Image<'a> {
+    obj: DefaultDicomObject,
+    attrs: pixels::Attrs,
+    /// Native Pixel Data straight from the file's bytes (see [`open`]); `obj` then holds
+    /// everything before it.
+    native: Option<&'a [u8]>,
+}
+
+impl<'a> Image<'a> {
+    fn decode(&'a self, frame: u32) -> Result<pixels::Decoded<'a>, RenderError> {
+        pixels::decode_frame(&self.obj, &self.attrs, frame, self.native)
+    }
+}
+
+/// Opens a whole Part-10 file for its pixels. Where the Pixel Data is native and ends the file,
+/// as in nearly every uncompressed image, only what comes before it is parsed and the frames
+/// are read where they are: parsing the Pixel Data too copied a CT slice's 512 KiB into 16-bit
+/// words first.
+fn open(bytes: &[u8]) -> Result<Image<'_>, RenderError> {
+    let head = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Auto)
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(bytes);
+    if let Ok(head) = head {
+        if let Ok(attrs) = pixels::Attrs::read_head(&head) {
+            if let Some(native) = pixels::native_tail(bytes, &attrs) {
+                return Ok(Image {
+                    obj: head,
+                    attrs,
+                    native: Some(native),
+                });
+            }
+        }
+    }
+    let obj = parse(bytes)?;
+    let attrs = pixels::Attrs::read(&obj)?;
+    Ok(Image {
+        obj,
+        attrs,
+        native: None,
+    })
+}
+
 /// Decodes and converts one frame to 8-bit grey or RGB at full size.
 fn render_picture(
-    obj: &DefaultDicomObject,
-    attrs: &pixels::Attrs,
+    image: &Image<'_>,
     frame: u32,
     window: Option<Window>,
 ) -> Result<Picture, RenderError> {
+    let (obj, attrs) = (&image.obj, &image.attrs);
     attrs.check_frame(frame)?;
-    let decoded = pixels::decode_frame(obj, attrs, frame)?;
+    let decoded = image.decode(frame)?;
     let (channels, data) = match decoded.photometric.as_str() {
         "MONOCHROME1" | "MONOCHROME2" if attrs.samples_per_pixel == 1 => {
             let params = grey::Params::read(obj, attrs, frame);

@@ -43,11 +43,7 @@ pub(super) struct Attrs {
 
 impl Attrs {
     pub(super) fn read(obj: &DefaultDicomObject) -> Result<Self, RenderError> {
-        let transfer_syntax = obj
-            .meta()
-            .transfer_syntax()
-            .trim_end_matches(['\0', ' '])
-            .to_string();
+        let transfer_syntax = transfer_syntax(obj);
         let Some(pixel_data) = obj.get(tags::PIXEL_DATA) else {
             if obj.get(tags::FLOAT_PIXEL_DATA).is_some()
                 || obj.get(tags::DOUBLE_FLOAT_PIXEL_DATA).is_some()
@@ -60,6 +56,19 @@ impl Attrs {
             return Err(RenderError::NoPixelData);
         };
         let encapsulated = matches!(pixel_data.value(), Value::PixelSequence(_));
+        Self::read_with(obj, transfer_syntax, encapsulated)
+    }
+
+    /// The attributes of a file parsed up to its Pixel Data, which is native.
+    pub(super) fn read_head(obj: &DefaultDicomObject) -> Result<Self, RenderError> {
+        Self::read_with(obj, transfer_syntax(obj), false)
+    }
+
+    fn read_with(
+        obj: &DefaultDicomObject,
+        transfer_syntax: String,
+        encapsulated: bool,
+    ) -> Result<Self, RenderError> {
         let required = |tag, name: &str| -> Result<u16, RenderError> {
             uint(obj, tag).ok_or_else(|| RenderError::Parse(format!("missing or invalid {name}")))
         };
@@ -368,8 +377,21 @@ pub(super) fn decode_frame<'a>(
     obj: &'a DefaultDicomObject,
     attrs: &Attrs,
     frame: u32,
+    native: Option<&'a [u8]>,
 ) -> Result<Decoded<'a>, RenderError> {
     attrs.check_supported()?;
+    if let Some(all) = native {
+        let len = attrs.frame_len();
+        let data = all
+            .get(frame as usize * len..)
+            .and_then(|rest| rest.get(..len))
+            .ok_or_else(|| truncated(frame))?;
+        return Ok(Decoded {
+            data: Cow::Borrowed(data),
+            layout: Layout::Samples,
+            photometric: attrs.photometric.clone(),
+        });
+    }
     if let Some(data) = native_frame(obj, attrs, frame) {
         return Ok(Decoded {
             data: Cow::Borrowed(data),
@@ -533,6 +555,39 @@ pub(super) fn jpeg_frame_header(stream: &[u8]) -> Option<JpegFrameHeader> {
 }
 
 /// Native bytes of Pixel Data; `None` for a fragment sequence.
+fn transfer_syntax(obj: &DefaultDicomObject) -> String {
+    obj.meta()
+        .transfer_syntax()
+        .trim_end_matches(['\0', ' '])
+        .to_string()
+}
+
+/// The value of native Pixel Data that is the last element of `bytes`, found without parsing
+/// it: explicit or implicit VR little endian, 8 or 16 bits allocated, interleaved samples, and
+/// exactly the frames that `attrs` describe, its header checked (tag, VR, length) just before
+/// them. `None` for anything else, which is then parsed whole.
+pub(super) fn native_tail<'a>(bytes: &'a [u8], attrs: &Attrs) -> Option<&'a [u8]> {
+    if !matches!(attrs.bits_allocated, 8 | 16)
+        || (attrs.planar && attrs.samples_per_pixel == 3)
+        || attrs.photometric == "YBR_FULL_422"
+    {
+        return None;
+    }
+    let header = match attrs.transfer_syntax.as_str() {
+        "1.2.840.10008.1.2.1" => 12,
+        "1.2.840.10008.1.2" => 8,
+        _ => return None,
+    };
+    let len = attrs.frame_len().checked_mul(attrs.frames as usize)?;
+    let padded = len + (len & 1);
+    let start = bytes.len().checked_sub(padded)?;
+    let head = bytes.get(start.checked_sub(header)?..start)?;
+    let tag = head[..4] == [0xE0, 0x7F, 0x10, 0x00];
+    let vr = header == 8 || (matches!(&head[4..6], b"OW" | b"OB") && head[6..8] == [0, 0]);
+    let length = head[header - 4..] == u32::try_from(padded).ok()?.to_le_bytes();
+    (tag && vr && length).then(|| &bytes[start..start + len])
+}
+
 /// Frame `frame` of native Pixel Data just as it was parsed, not copied, where those bytes are
 /// the decoded frame: samples held as bytes, or held as words (whose bytes are little endian
 /// on a little-endian machine), interleaved. `None` otherwise, and for a

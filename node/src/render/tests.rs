@@ -133,9 +133,7 @@ fn ct_without_window() -> Synthetic {
 }
 
 fn try_picture(bytes: &[u8], frame: u32, window: Option<Window>) -> Result<Picture, RenderError> {
-    let obj = parse(bytes)?;
-    let attrs = pixels::Attrs::read(&obj)?;
-    render_picture(&obj, &attrs, frame, window)
+    render_picture(&open(bytes)?, frame, window)
 }
 
 fn picture(bytes: &[u8], frame: u32, window: Option<Window>) -> Picture {
@@ -453,40 +451,56 @@ fn multi_frame_renders_and_extracts_each_frame() {
     ));
 }
 
-/// Native frames are taken from the parsed Pixel Data without a copy: they must be exactly what
-/// dicom-pixeldata decodes, for 8 and 16 bits, grey and colour, in every frame.
+/// Native frames are read without a copy, from the file's bytes where the Pixel Data ends the
+/// file and else from the parsed Pixel Data: either way they must be exactly what
+/// dicom-pixeldata decodes, for 8 and 16 bits, grey and colour, in every frame. An element
+/// after the Pixel Data sends the file down the whole parse.
 #[test]
 fn native_frames_are_borrowed_and_what_the_decoder_gives() {
     use dicom_pixeldata::PixelDecoder;
     let grey: Vec<i16> = (0..3 * 4 * 5)
         .map(|v| (v * 997 % 4096) as i16 - 1024)
         .collect();
+    let multi_grey = Synthetic {
+        frames: Some(3),
+        ..Synthetic::grey16(4, 5, &grey)
+    };
     let images = [
-        Synthetic {
-            frames: Some(3),
-            ..Synthetic::grey16(4, 5, &grey)
-        },
-        Synthetic::rgb8(2, 3, "RGB", (0..18).collect()),
-        Synthetic {
-            frames: Some(3),
-            bits_allocated: 8,
-            bits_stored: 8,
-            signed: false,
-            pixels: (0..60).collect(),
-            ..Synthetic::grey16(4, 5, &[])
-        },
+        (multi_grey.clone(), true),
+        (Synthetic::rgb8(2, 3, "RGB", (0..18).collect()), true),
+        (
+            Synthetic {
+                frames: Some(3),
+                bits_allocated: 8,
+                bits_stored: 8,
+                signed: false,
+                pixels: (0..60).collect(),
+                ..Synthetic::grey16(4, 5, &[])
+            },
+            true,
+        ),
+        (
+            multi_grey.with(Tag(0x7FE1, 0x0010), VR::LO, "AFTER THE PIXELS"),
+            false,
+        ),
     ];
-    for image in images {
+    for (image, at_the_end) in images {
         let file = image.file();
+        let opened = open(&file).unwrap();
+        assert_eq!(opened.native.is_some(), at_the_end);
         let obj = parse(&file).unwrap();
         let attrs = pixels::Attrs::read(&obj).unwrap();
         for frame in 0..attrs.frames {
-            let ours = pixels::decode_frame(&obj, &attrs, frame).unwrap();
-            assert!(matches!(ours.data, std::borrow::Cow::Borrowed(_)));
-            let decoded = obj.decode_pixel_data_frame(frame).unwrap().into_data();
             let len = (attrs.rows * attrs.columns) as usize
                 * usize::from(attrs.samples_per_pixel * attrs.bits_allocated / 8);
-            assert_eq!(&ours.data[..], &decoded[..len]);
+            let decoded = obj.decode_pixel_data_frame(frame).unwrap().into_data();
+            for ours in [
+                opened.decode(frame).unwrap(),
+                pixels::decode_frame(&obj, &attrs, frame, None).unwrap(),
+            ] {
+                assert!(matches!(ours.data, std::borrow::Cow::Borrowed(_)));
+                assert_eq!(&ours.data[..], &decoded[..len]);
+            }
         }
     }
 }
