@@ -11,7 +11,8 @@
 //!
 //! dicom-object parses; dicom-pixeldata only *decodes* (codecs, fragments, RLE planes), except
 //! for 1-bit and native YBR_FULL_422 frames, which `pixels` cuts out itself because
-//! dicom-pixeldata gets them wrong. Everything after decoding is ours (`grey`, `colour`,
+//! dicom-pixeldata gets them wrong, and other native frames, which are read where they lie
+//! (when native Pixel Data ends the file, as it nearly always does, it is not parsed at all). Everything after decoding is ours (`grey`, `colour`,
 //! `resize`) because dicom-pixeldata's conversion is wrong where it matters: its min/max
 //! default reads signed samples as unsigned, so a signed CT without a window renders almost
 //! black; `to_vec::<u8>` fails on 16-bit data; palette colour comes out as grey indices. Ours
