@@ -380,19 +380,14 @@ pub(super) fn decode_frame<'a>(
     native: Option<&'a [u8]>,
 ) -> Result<Decoded<'a>, RenderError> {
     attrs.check_supported()?;
-    if let Some(all) = native {
+    // Frames that need no decoding are read where they lie: a CT slice's 512 KiB were copied
+    // for every rendered frame.
+    if let Some(all) = native.or_else(|| native_in_object(obj, attrs)) {
         let len = attrs.frame_len();
         let data = all
             .get(frame as usize * len..)
             .and_then(|rest| rest.get(..len))
             .ok_or_else(|| truncated(frame))?;
-        return Ok(Decoded {
-            data: Cow::Borrowed(data),
-            layout: Layout::Samples,
-            photometric: attrs.photometric.clone(),
-        });
-    }
-    if let Some(data) = native_frame(obj, attrs, frame) {
         return Ok(Decoded {
             data: Cow::Borrowed(data),
             layout: Layout::Samples,
@@ -554,7 +549,6 @@ pub(super) fn jpeg_frame_header(stream: &[u8]) -> Option<JpegFrameHeader> {
     None
 }
 
-/// Native bytes of Pixel Data; `None` for a fragment sequence.
 fn transfer_syntax(obj: &DefaultDicomObject) -> String {
     obj.meta()
         .transfer_syntax()
@@ -562,15 +556,21 @@ fn transfer_syntax(obj: &DefaultDicomObject) -> String {
         .to_string()
 }
 
-/// The value of native Pixel Data that is the last element of `bytes`, found without parsing
-/// it: explicit or implicit VR little endian, 8 or 16 bits allocated, interleaved samples, and
-/// exactly the frames that `attrs` describe, its header checked (tag, VR, length) just before
+/// Whether native frames of this layout are their own decoded bytes, to be read in place:
+/// 8 or 16 bits allocated, samples interleaved, not YBR_FULL_422 (two bytes a pixel).
+fn readable_in_place(attrs: &Attrs) -> bool {
+    !attrs.encapsulated
+        && matches!(attrs.bits_allocated, 8 | 16)
+        && !(attrs.planar && attrs.samples_per_pixel == 3)
+        && attrs.photometric != "YBR_FULL_422"
+}
+
+/// The value of native Pixel Data readable in place (see [`readable_in_place`]) that is the
+/// last element of `bytes`, found without parsing it: explicit or implicit VR little endian,
+/// exactly the frames that `attrs` describe, its header (tag, VR, length) checked just before
 /// them. `None` for anything else, which is then parsed whole.
 pub(super) fn native_tail<'a>(bytes: &'a [u8], attrs: &Attrs) -> Option<&'a [u8]> {
-    if !matches!(attrs.bits_allocated, 8 | 16)
-        || (attrs.planar && attrs.samples_per_pixel == 3)
-        || attrs.photometric == "YBR_FULL_422"
-    {
+    if !readable_in_place(attrs) {
         return None;
     }
     let header = match attrs.transfer_syntax.as_str() {
@@ -588,34 +588,27 @@ pub(super) fn native_tail<'a>(bytes: &'a [u8], attrs: &Attrs) -> Option<&'a [u8]
     (tag && vr && length).then(|| &bytes[start..start + len])
 }
 
-/// Frame `frame` of native Pixel Data just as it was parsed, not copied, where those bytes are
-/// the decoded frame: samples held as bytes, or held as words (whose bytes are little endian
-/// on a little-endian machine), interleaved. `None` otherwise, and for a
-/// frame past the data's end, which the decoder then reports. The decoder would copy the
-/// frame, a 512×512 CT slice's 512 KiB, for every rendered frame.
-fn native_frame<'a>(obj: &'a InMemDicomObject, attrs: &Attrs, frame: u32) -> Option<&'a [u8]> {
-    if attrs.encapsulated
-        || (attrs.planar && attrs.samples_per_pixel == 3)
-        || attrs.photometric == "YBR_FULL_422"
-    {
+/// Parsed native Pixel Data readable in place (see [`readable_in_place`]), as bytes: held as
+/// bytes, or as words, whose bytes are little endian on a little-endian machine.
+fn native_in_object<'a>(obj: &'a InMemDicomObject, attrs: &Attrs) -> Option<&'a [u8]> {
+    if !readable_in_place(attrs) {
         return None;
     }
     // 8-bit samples in words (OW) are in stream order only where the stream is little endian.
     let big_endian = attrs.transfer_syntax == "1.2.840.10008.1.2.2";
-    let bytes: &[u8] = match (obj.get(tags::PIXEL_DATA)?.value(), attrs.bits_allocated) {
-        (Value::Primitive(PrimitiveValue::U8(bytes)), 8) => bytes,
+    match (obj.get(tags::PIXEL_DATA)?.value(), attrs.bits_allocated) {
+        (Value::Primitive(PrimitiveValue::U8(bytes)), 8) => Some(bytes),
         #[cfg(target_endian = "little")]
-        (Value::Primitive(PrimitiveValue::U16(words)), 16) => bytemuck::cast_slice(words),
+        (Value::Primitive(PrimitiveValue::U16(words)), 16) => Some(bytemuck::cast_slice(words)),
         #[cfg(target_endian = "little")]
         (Value::Primitive(PrimitiveValue::U16(words)), 8) if !big_endian => {
-            bytemuck::cast_slice(words)
+            Some(bytemuck::cast_slice(words))
         }
-        _ => return None,
-    };
-    let len = attrs.frame_len();
-    bytes.get(frame as usize * len..)?.get(..len)
+        _ => None,
+    }
 }
 
+/// Native bytes of Pixel Data; `None` for a fragment sequence.
 fn native_bytes(obj: &InMemDicomObject) -> Option<std::borrow::Cow<'_, [u8]>> {
     match obj.get(tags::PIXEL_DATA)?.value() {
         Value::Primitive(p) => Some(p.to_bytes()),
