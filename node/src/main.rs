@@ -45,10 +45,10 @@ fn main() -> ExitCode {
 
 /// glibc's allocator gives blocks over 128 KiB back to the system when they are freed, and
 /// trims the top of a heap above twice that (both thresholds adapt, but only up to the largest
-/// block freed so far). Serving a frame allocates and frees about 2 MB in half-megabyte
-/// buffers (the decrypted instance, the parsed and decoded pixels, the offsets, the picture),
-/// which every request then faulted in again: a fifth of the server's time for a first-time
-/// frame, 0.3 ms of 1.8. Fixed thresholds keep up to 16 MiB free at the top of each heap for
+/// block freed so far). Serving a frame allocated and freed about 2 MB in half-megabyte
+/// buffers (the decrypted instance, the parsed and decoded pixels, the offsets, the picture;
+/// native pixels are now read in place), which every request then faulted in again: a fifth
+/// of the server's time for a first-time frame, 0.3 ms of 1.8. Fixed thresholds keep up to 16 MiB free at the top of each heap for
 /// reuse, and blocks over 4 MiB (large multi-frame objects) still go straight back. With the
 /// same settings (through `GLIBC_TUNABLES`) the peak RSS of `bench import` and `bench
 /// transfer` did not change; mimalloc, tried instead, was as fast but nearly tripled it.

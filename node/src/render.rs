@@ -9,22 +9,21 @@
 //! ─▶ fit the viewport (area average, never up) ─▶ PNG (fast deflate) or JPEG
 //! ```
 //!
-//! dicom-object parses; dicom-pixeldata only *decodes* (codecs, fragments, RLE planes), except
-//! for 1-bit and native YBR_FULL_422 frames, which `pixels` cuts out itself because
-//! dicom-pixeldata gets them wrong, and other native frames, which are read where they lie
-//! (when native Pixel Data ends the file, as it nearly always does, it is not parsed at all). Everything after decoding is ours (`grey`, `colour`,
-//! `resize`) because dicom-pixeldata's conversion is wrong where it matters: its min/max
-//! default reads signed samples as unsigned, so a signed CT without a window renders almost
-//! black; `to_vec::<u8>` fails on 16-bit data; palette colour comes out as grey indices. Ours
-//! evaluates the grey chain once per distinct stored value into a lookup table and then costs
-//! one lookup per pixel: on the WG04 images it matches dcmtk's `dcmj2pnm` to ±1 and is no
-//! slower than dicom-pixeldata's own `to_dynamic_image`. Not using that also keeps the `image`
-//! crate and its codecs out of the tree: `png` encodes with its Fastest setting (fdeflate and
-//! the Up filter; a rendered 512×512 CT slice went from 1.8 to 1.1 ms against the Fast setting,
-//! whose per-row filter choice cost more than the compression), and the JPEGs are
-//! libjpeg-turbo's with the `turbojpeg` feature (SIMD; 0.6 against 2.0 ms for a noisy 512×512
-//! grey picture at quality 90), else `jpeg-encoder`'s (pure Rust, which the JPEG codec already
-//! brings, with its AVX2 path).
+//! dicom-object parses; dicom-pixeldata only *decodes* (codecs, fragments, RLE planes), except for
+//! 1-bit and native YBR_FULL_422 frames, which `pixels` cuts out itself because dicom-pixeldata
+//! gets them wrong, and other native frames, which are read where they lie (when native Pixel Data
+//! ends the file, as it nearly always does, it is not parsed at all). Everything after decoding is
+//! ours (`grey`, `colour`, `resize`) because dicom-pixeldata's conversion is wrong where it
+//! matters: its min/max default reads signed samples as unsigned, so a signed CT without a window
+//! renders almost black; `to_vec::<u8>` fails on 16-bit data; palette colour comes out as grey
+//! indices. Ours evaluates the grey chain once per distinct stored value into a lookup table and
+//! then costs one lookup per pixel: on the WG04 images it matches dcmtk's `dcmj2pnm` to ±1 and is
+//! no slower than dicom-pixeldata's own `to_dynamic_image`. Not using that also keeps the `image`
+//! crate and its codecs out of the tree: `png` encodes with its Fastest setting (fdeflate and the
+//! Up filter; a rendered 512×512 CT slice went from 1.8 to 1.1 ms against the Fast setting, whose
+//! per-row filter choice cost more than the compression), and the JPEGs are libjpeg-turbo's with
+//! the `turbojpeg` feature (SIMD; 0.6 against 2.0 ms for a noisy 512×512 grey picture at quality
+//! 90), else `jpeg-encoder`'s (pure Rust, which the JPEG codec already brings, with its AVX2 path).
 //!
 //! The window is, in order: the request's; the file's VOI LUT Sequence; the file's first
 //! Window Center/Width with its VOI LUT Function (LINEAR per PS3.3 C.11.2.1.2, LINEAR_EXACT,

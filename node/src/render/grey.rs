@@ -147,16 +147,17 @@ pub(super) fn to_display(
         let y = if invert { 1.0 - y } else { y };
         (y * 255.0).round().clamp(0.0, 255.0) as u8
     };
+    // Offsets span at most 65 536 values, so they always get a table.
     let span = (i64::from(hi) - i64::from(lo)) as u64 + 1;
+    if span > MAX_LUT_ENTRIES {
+        return decoded.map_stored(attrs, display);
+    }
+    let lut: Vec<u8> = (lo..=hi).map(display).collect();
     match offsets {
-        Some(offsets) => offsets.lookup(&(lo..=hi).map(display).collect::<Vec<_>>()),
-        None if span <= MAX_LUT_ENTRIES => {
-            let lut: Vec<u8> = (lo..=hi).map(display).collect();
-            decoded.map_stored(attrs, |v| {
-                lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
-            })
-        }
-        None => decoded.map_stored(attrs, display),
+        Some(offsets) => offsets.lookup(&lut),
+        None => decoded.map_stored(attrs, |v| {
+            lut.get(v.wrapping_sub(lo) as usize).copied().unwrap_or(0)
+        }),
     }
 }
 

@@ -174,7 +174,8 @@ pub(super) enum Layout {
 /// One decoded frame.
 #[derive(Debug)]
 pub(super) struct Decoded<'a> {
-    /// Borrowed from the parsed Pixel Data where the frame is there as it is wanted.
+    /// Borrowed where the frame lies as it is wanted: in the file's bytes, or in the parsed
+    /// Pixel Data.
     pub(super) data: Cow<'a, [u8]>,
     pub(super) layout: Layout,
     /// The photometric interpretation of `data`, which the codec may have changed (JPEG and
@@ -261,20 +262,13 @@ impl Decoded<'_> {
         } else {
             (0, 0)
         };
-        let offset = move |raw: u16| ((raw >> shift) & mask) ^ flip;
-        let data = &self.data[..attrs.frame_len()];
         // Zipped into a zeroed vector: collecting the mapped samples went through the
-        // one-at-a-time path of `collect` and took twice as long.
+        // one-at-a-time path of `collect` and took twice as long. Samples of 8 or 16 bits:
+        // the cast keeps all of them.
         let mut values = vec![0u16; attrs.pixels()];
-        if attrs.bits_allocated == 8 {
-            for (slot, b) in values.iter_mut().zip(data) {
-                *slot = offset(u16::from(*b));
-            }
-        } else {
-            for (slot, c) in values.iter_mut().zip(data.chunks_exact(2)) {
-                *slot = offset(u16::from_le_bytes([c[0], c[1]]));
-            }
-        }
+        self.zip_samples(attrs, &mut values, (), |(), slot, raw| {
+            *slot = ((raw as u16 >> shift) & mask) ^ flip;
+        });
         let (min, max) = values.iter().fold((u16::MAX, u16::MIN), |(min, max), v| {
             (min.min(*v), max.max(*v))
         });
@@ -285,6 +279,7 @@ impl Decoded<'_> {
             max,
         })
     }
+
     /// Folds `f` over each slot of `out` with the raw sample of the same pixel (8, 16 or 32
     /// bits, little endian), as far as both go: the one loop per sample width that the
     /// per-pixel passes share, each compiled with its own closure. A fold rather than a closure
